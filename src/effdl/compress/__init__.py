@@ -1,0 +1,1 @@
+"""Compression techniques (importing registers them)."""

@@ -1,0 +1,1 @@
+"""Core nouns: errors, configs, the technique registry, Task adapters and safe I/O."""

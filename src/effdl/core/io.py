@@ -1,0 +1,132 @@
+"""Safe artifact I/O: atomic writes, safetensors, no unpickling by default, contained paths."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import ArtifactError, ConfigError, UnsafeArtifactError
+
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None] | bytes | str) -> Path:
+    """Write via a temporary file in the same directory, then rename: readers never see half a file.
+
+    ``write`` is bytes/str content or a function that writes to the temporary path it is given.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if callable(write):
+            write(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(write.encode() if isinstance(write, str) else write)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def safe_child(root: str | os.PathLike, name: str) -> Path:
+    """``root/name``, refusing absolute names and any that escape ``root`` (``..``)."""
+    if os.path.isabs(name) or ".." in Path(name).parts:
+        raise UnsafeArtifactError(f"artifact name {name!r} is absolute or contains '..': use a plain relative name")
+    return Path(root) / name
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+def load_weights(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict. safetensors always; pickle-based files only with ``allow_pickle``
+    (and even then through ``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"weights file {str(path)!r} does not exist: check the path")
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsafeArtifactError(
+                f"{str(path)!r} is a pickle-based checkpoint, which can run code when loaded; "
+                "convert it to .safetensors, or pass --allow-pickle if you trust it"
+            )
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ArtifactError(f"cannot read {str(path)!r} as a weights-only checkpoint: {exc}") from None
+        if isinstance(obj, dict) and "state_dict" in obj:
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise ArtifactError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict")
+        return obj
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(
+            f"weights file {str(path)!r} is corrupt or truncated ({str(exc).splitlines()[0]}): "
+            "re-export it with safetensors"
+        ) from None
+
+
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"weights in {source!r} do not match the model: {str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}. "
+            "Fix: pass the factory that built these weights"
+        ) from None
+    return model
+
+
+def load_factory(spec: str, what: str = "factory") -> Callable[..., Any]:
+    """``path/to/file.py:name`` -> the callable ``name`` defined in that file."""
+    if ":" not in spec:
+        raise ConfigError(f"{what} {spec!r} must look like path/to/file.py:function_name")
+    file, _, name = spec.rpartition(":")
+    p = Path(file)
+    if not p.is_file() or p.suffix != ".py":
+        raise ConfigError(f"{what} file {file!r} does not exist or is not a .py file")
+    mod_name = f"_effdl_user_{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]}"
+    spec_ = importlib.util.spec_from_file_location(mod_name, p)
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[mod_name] = module
+    try:
+        spec_.loader.exec_module(module)
+    except Exception as exc:
+        raise ConfigError(f"importing {file!r} failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ConfigError(f"{file!r} has no callable named {name!r}")
+    return fn

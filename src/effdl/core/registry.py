@@ -1,0 +1,126 @@
+"""Technique registry keyed by config type (and by dotted name for recipes).
+
+Adding a technique = a TechniqueConfig subclass + an apply function decorated with ``register``;
+no central if/elif anywhere.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .config import TechniqueConfig
+from .errors import ConfigError, suggest
+
+NEEDS = ("nothing", "calibration", "training")
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    config: type[TechniqueConfig]
+    fn: Callable[..., nn.Module]
+    needs: str
+    summary: str
+
+
+_BY_NAME: dict[str, Technique] = {}
+_BY_TYPE: dict[type, Technique] = {}
+
+
+def register(name: str, config: type[TechniqueConfig], needs: str = "nothing"):
+    """Decorator: ``@register("prune.magnitude", MagnitudeConfig, needs="training")``."""
+    if needs not in NEEDS:
+        raise ConfigError(f"needs must be one of {NEEDS}, got {needs!r}")
+
+    def deco(fn):
+        if name in _BY_NAME and _BY_NAME[name].fn is not fn:
+            raise ConfigError(f"technique {name!r} is already registered")
+        config.technique = name
+        tech = Technique(name, config, fn, needs, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        _BY_NAME[name] = tech
+        _BY_TYPE[config] = tech
+        return fn
+
+    return deco
+
+
+def _load_builtins() -> None:
+    # Importing the families registers them; kept lazy so `core` has no upward imports.
+    from .. import compress, learn  # noqa: F401
+
+
+def techniques() -> dict[str, Technique]:
+    _load_builtins()
+    return dict(sorted(_BY_NAME.items()))
+
+
+def get(name: str) -> Technique:
+    _load_builtins()
+    if name not in _BY_NAME:
+        raise ConfigError(
+            f"unknown technique {name!r}.{suggest(name, _BY_NAME)} Run `effdl techniques` for the list."
+        )
+    return _BY_NAME[name]
+
+
+def for_config(config: TechniqueConfig) -> Technique:
+    _load_builtins()
+    tech = _BY_TYPE.get(type(config))
+    if tech is None:
+        raise ConfigError(
+            f"{type(config).__name__} is not a registered technique config; register it with "
+            "effdl.core.registry.register(name, ConfigClass)."
+        )
+    return tech
+
+
+def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
+    """Rebuild a config from ``{'technique': name, ...}`` — only registered classes (allow-list)."""
+    if not isinstance(data, dict) or "technique" not in data:
+        raise ConfigError(f"a recipe step must be a mapping with a 'technique' key, got {data!r}")
+    fields = {k: v for k, v in data.items() if k != "technique"}
+    return get(data["technique"]).config(**fields)
+
+
+def schema(tech: Technique) -> list[dict[str, Any]]:
+    """Field name, type, default and constraints, for `effdl techniques`."""
+    rows = []
+    js = tech.config.model_json_schema()
+    for name, info in js.get("properties", {}).items():
+        constraints = {k: v for k, v in info.items() if k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum")}
+        if "anyOf" in info:
+            constraints["any_of"] = [x.get("type", x.get("const")) for x in info["anyOf"]]
+        rows.append({
+            "name": name,
+            "type": info.get("type", "any"),
+            "default": info.get("default"),
+            "constraints": constraints,
+            "description": info.get("description", ""),
+        })
+    return rows
+
+
+def apply(task_or_model, config: TechniqueConfig, *, task=None, inplace: bool = False) -> nn.Module:
+    """Apply one technique and return the new model; the caller's model is untouched unless inplace.
+
+    ``task_or_model`` may be a Task (its model is used, and it supplies data) or an nn.Module
+    (then pass ``task=`` for techniques that need calibration or training data).
+    """
+    from .task import Task
+
+    if isinstance(task_or_model, Task):
+        task = task_or_model if task is None else task
+        model = task_or_model.model
+    elif isinstance(task_or_model, nn.Module):
+        model = task_or_model
+    else:
+        raise ConfigError(f"apply() takes a Task or an nn.Module, got {type(task_or_model).__name__}")
+    tech = for_config(config)
+    if tech.needs != "nothing" and task is None:
+        raise ConfigError(f"{tech.name} needs {tech.needs} data: pass task=ImageClassification(...)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    return tech.fn(model, config, task)

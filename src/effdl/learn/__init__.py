@@ -1,0 +1,1 @@
+"""Learning techniques (importing registers them)."""
