@@ -1,1 +1,2 @@
 """Compression techniques (importing registers them)."""
+from . import prune, quantize  # noqa: F401

@@ -22,17 +22,24 @@ class Technique:
     name: str
     config: type[TechniqueConfig]
     fn: Callable[..., nn.Module]
-    needs: str
+    needs: str | Callable[[TechniqueConfig], str]
     summary: str
+
+    def needs_for(self, config: TechniqueConfig) -> str:
+        """What this config needs; techniques whose data needs depend on a field pass a callable."""
+        return self.needs(config) if callable(self.needs) else self.needs
 
 
 _BY_NAME: dict[str, Technique] = {}
 _BY_TYPE: dict[type, Technique] = {}
 
 
-def register(name: str, config: type[TechniqueConfig], needs: str = "nothing"):
-    """Decorator: ``@register("prune.magnitude", MagnitudeConfig, needs="training")``."""
-    if needs not in NEEDS:
+def register(name: str, config: type[TechniqueConfig], needs="nothing"):
+    """Decorator: ``@register("prune.magnitude", MagnitudeConfig, needs="training")``.
+
+    ``needs`` is one of NEEDS or a function config -> one of NEEDS.
+    """
+    if not callable(needs) and needs not in NEEDS:
         raise ConfigError(f"needs must be one of {NEEDS}, got {needs!r}")
 
     def deco(fn):
@@ -119,8 +126,9 @@ def apply(task_or_model, config: TechniqueConfig, *, task=None, inplace: bool = 
     else:
         raise ConfigError(f"apply() takes a Task or an nn.Module, got {type(task_or_model).__name__}")
     tech = for_config(config)
-    if tech.needs != "nothing" and task is None:
-        raise ConfigError(f"{tech.name} needs {tech.needs} data: pass task=ImageClassification(...)")
+    needs = tech.needs_for(config)
+    if needs != "nothing" and task is None:
+        raise ConfigError(f"{tech.name} needs {needs} data: pass a Task (task=ImageClassification(...))")
     if not inplace:
         model = copy.deepcopy(model)
     return tech.fn(model, config, task)

@@ -1,0 +1,279 @@
+"""effdl command line: optimize, apply, measure, report, techniques, zoo, data.
+
+Bad input prints one line naming the problem and the fix and exits 2 (a traceback only with --debug).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .core.errors import EffdlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make models smaller, faster and better, measured.")
+out = Console()
+err = Console(stderr=True)
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+DEBUG = {"on": False}
+
+
+def _steady_allocator() -> None:
+    """Re-exec with glibc malloc thresholds set (REFERENCE: without them eager timings vary 18-29 ms
+    and speed-ups look 1.4-2x too big). Env vars only take effect at process start."""
+    if all(os.environ.get(k) for k in STEADY_MALLOC) or os.environ.get("EFFDL_NO_REEXEC"):
+        return
+    env = {**os.environ, **STEADY_MALLOC}
+    os.execve(sys.executable, [sys.executable, "-m", "effdl.cli", *sys.argv[1:]], env)
+
+
+def handled(fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except EffdlError as exc:
+            if DEBUG["on"]:
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+    DEBUG["on"] = debug
+
+
+def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool):
+    from .core.task import ImageClassification
+    from .data import load_data
+    from .zoo import load_model
+
+    splits = load_data(data)
+    m = load_model(model, splits, weights=weights, allow_pickle=allow_pickle)
+    return ImageClassification(m, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
+
+
+MODEL_OPT = typer.Option("zoo:lenet5", "--model", help="zoo:<name> or path/to/file.py:factory")
+DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | path/to/file.py:factory")
+WEIGHTS_OPT = typer.Option(None, "--weights", help="weights for the model (.safetensors)")
+PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow loading a pickle-based checkpoint you trust")
+
+
+@app.command()
+@handled
+def optimize(
+    model: str = MODEL_OPT,
+    data: str = DATA_OPT,
+    weights: Optional[str] = WEIGHTS_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+    max_drop: float = typer.Option(0.01, "--max-drop", help="largest allowed absolute quality drop (0.01 = 1 point)"),
+    target: str = typer.Option("latency", "--target", help="latency | size"),
+    metric: str = typer.Option("accuracy", "--metric"),
+    batch_size: int = typer.Option(1, "--batch-size", help="batch size of the target latency"),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="comma-separated subset, e.g. eager,ort,ort-int8"),
+    threads: int = typer.Option(2, "--threads"),
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
+    strategy: str = typer.Option("shrink-and-improve", "--strategy"),
+) -> None:
+    """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
+    _steady_allocator()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .pipeline.optimize import optimize as run
+    from .pipeline.strategies import candidates_for
+
+    task = _task(model, data, weights, allow_pickle)
+    specs = candidates_for(strategy)
+    command = "effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        job = bar.add_task("candidates", total=len(specs))
+
+        def on_event(ev: str, c: dict) -> None:
+            if ev == "start":
+                bar.update(job, description=f"{c['id']} {c['label']}")
+                return
+            bar.advance(job)
+            bar.console.print(_line(c, ev))
+
+        results = run(task, out_dir=out_dir, max_drop=max_drop, target=target, metric=metric, batch_size=batch_size,
+                      runtimes=tuple(runtimes.split(",")) if runtimes else None, threads=threads,
+                      candidates=specs, model_spec=model, data_spec=data, command=command, on_event=on_event)
+    _summary(results, out_dir)
+
+
+def _line(c: dict, ev: str) -> str:
+    tag = " (resumed)" if ev == "resumed" else ""
+    if c["status"] != "ok":
+        return f"  {c['id']} {c['label']}: [red]failed[/] — {c['reason']}{tag}"
+    f = c["footprint"]
+    return (f"  {c['id']} {c['label']}: acc {c['quality']['accuracy']:.4f}, {f['latency_ms_p50']:.3f} ms "
+            f"on {c['runtime']}, {f['size_bytes'] / 1024:.1f} KiB{tag}")
+
+
+def _summary(results: dict, out_dir: Path) -> None:
+    from .pipeline.summary import summary_rows
+
+    table = Table(title="Candidates (test accuracy; latency at the goal's batch size)")
+    for col in ("id", "label", "runtime", "accuracy", "drop (pt)", "p50 ms", "size KiB", "frontier"):
+        table.add_column(col)
+    for row in summary_rows(results):
+        table.add_row(*row)
+    out.print(table)
+    for line in _chosen_lines(results):
+        out.print(line, highlight=False)
+    out.print(f"report: {out_dir / 'report.html'}", highlight=False)
+
+
+def _chosen_lines(results: dict) -> list[str]:
+    from .pipeline.summary import headline
+
+    return headline(results)
+
+
+@app.command("apply")
+@handled
+def apply_cmd(
+    recipe: Path = typer.Argument(..., help="YAML or JSON recipe"),
+    model: Optional[str] = typer.Option(None, "--model", help="overrides the recipe's model"),
+    data: Optional[str] = typer.Option(None, "--data", help="overrides the recipe's data"),
+    weights: Optional[str] = WEIGHTS_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+    runtime: str = typer.Option("eager", "--runtime"),
+    out_dir: Path = typer.Option(Path("runs/apply"), "--out"),
+) -> None:
+    """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON)."""
+    _steady_allocator()
+    from .core.errors import ConfigError
+    from .core.io import write_json
+    from .metrics.measure import measure
+    from .pipeline.recipe import Recipe, apply_recipe
+
+    r = Recipe.load(recipe)
+    model = model or r.model
+    data = data or r.data
+    if not model or not data:
+        raise ConfigError("name the model and data: in the recipe ('model:', 'data:') or with --model/--data")
+    task = _task(model, data, weights, allow_pickle)
+    result = apply_recipe(task, r)
+    m = measure(task, result, runtime=runtime, workdir=out_dir)
+    write_json(out_dir / "measurement.json", m)
+    write_json(out_dir / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
+    _print_measurement(m)
+    out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'recipe.json'}", highlight=False)
+
+
+@app.command()
+@handled
+def measure(
+    model: str = MODEL_OPT,
+    data: str = DATA_OPT,
+    weights: Optional[str] = WEIGHTS_OPT,
+    allow_pickle: bool = PICKLE_OPT,
+    runtime: str = typer.Option("eager", "--runtime", help="eager | compile | ort"),
+    threads: int = typer.Option(2, "--threads"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Profile a model: params, bytes, MACs, energy estimate, latency, memory and quality."""
+    _steady_allocator()
+    from .metrics.measure import measure as run
+
+    task = _task(model, data, weights, allow_pickle)
+    m = run(task, runtime=runtime, threads=threads)
+    if as_json:
+        print(json.dumps(m, indent=2, default=str))
+    else:
+        _print_measurement(m)
+
+
+def _print_measurement(m: dict) -> None:
+    table = Table(title=f"Measurement on {m['runtime']} ({m['status']})")
+    table.add_column("metric")
+    table.add_column("value")
+    for k, v in {**m["quality"], **m["footprint"]}.items():
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    out.print(table)
+    if m["reason"]:
+        err.print(f"[red]{m['reason']}[/]")
+
+
+@app.command()
+@handled
+def report(run_dir: Path = typer.Argument(..., help="an optimize output directory")) -> None:
+    """Re-render report.html and pareto.csv from a run's results.json."""
+    from .core.errors import ArtifactError
+    from .report import write_report
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise ArtifactError(f"{str(path)!r} not found: pass the --out directory of an `effdl optimize` run")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{str(path)!r} is not valid JSON ({exc}); re-run `effdl optimize`") from None
+    paths = write_report(results, run_dir)
+    out.print(f"report: {paths['html']}", highlight=False)
+
+
+@app.command()
+@handled
+def techniques(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List every registered technique with its config fields, defaults and constraints."""
+    from .core.registry import schema, techniques as all_
+
+    rows = {name: {"summary": t.summary, "needs": t.needs if isinstance(t.needs, str) else "depends on config",
+                   "fields": schema(t)} for name, t in all_().items()}
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    for name, info in rows.items():
+        table = Table(title=f"{name} — {info['summary']} (needs: {info['needs']})", title_justify="left")
+        for col in ("field", "type", "default", "constraints"):
+            table.add_column(col)
+        for f in info["fields"]:
+            table.add_row(f["name"], str(f["type"]), json.dumps(f["default"]), json.dumps(f["constraints"]))
+        out.print(table)
+
+
+@app.command()
+def zoo() -> None:
+    """List the model zoo."""
+    from .zoo import ZOO
+
+    table = Table(title="zoo (use as --model zoo:<name>)")
+    table.add_column("name")
+    table.add_column("description")
+    for name, entry in ZOO.items():
+        table.add_row(name, entry.description if hasattr(entry, "description") else str(entry[1]))
+    out.print(table)
+
+
+@app.command()
+def data() -> None:
+    """List the bundled data sets."""
+    from .data import DATASETS
+
+    table = Table(title="bundled data (use as --data <name>)")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in DATASETS.items():
+        table.add_row(name, desc)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Candidate grids for the practitioner's strategies (survey / seed 003).
+
+shrink-and-improve (footprint-sensitive): shrink the trained model with compression (pruning at
+several sparsities, INT8), then improve the shrunken model with learning (distillation from the
+uncompressed model), and combine them in the textbook's order: prune -> distill -> quantize.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..compress.prune import MagnitudeConfig
+from ..compress.quantize import PTQConfig
+from ..core.errors import ConfigError, suggest
+from ..learn import DistillConfig
+from .recipe import Recipe
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    id: str
+    label: str
+    recipe: Recipe
+    runtimes: tuple[str, ...] | None = None  # None: every runtime the model can be lowered to
+
+    def key(self, settings: dict) -> str:
+        """Identity for resuming: the recipe, runtimes and measurement settings."""
+        blob = json.dumps({"recipe": self.recipe.to_list(), "runtimes": self.runtimes, **settings}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 4.0) -> list[CandidateSpec]:
+    p50 = MagnitudeConfig(sparsity=0.5, finetune_epochs=finetune_epochs)
+    p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
+    p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
+    kd = DistillConfig(epochs=distill_epochs)
+    q = PTQConfig()
+    qp = PTQConfig(calibration="percentile", percentile=99.99)
+    grid = [
+        ("baseline (FP32, eager)", (), ("eager",)),
+        ("baseline, best FP32 runtime", (), None),
+        ("prune 50%", (p50,), None),
+        ("prune 80% iterative", (p80,), None),
+        ("prune 90% iterative", (p90,), None),
+        ("prune 90% + distill", (p90, kd), None),
+        ("int8 PTQ (min-max)", (q,), None),
+        ("int8 PTQ (percentile)", (qp,), None),
+        ("prune 50% + int8", (p50, q), None),
+        ("prune 80% + distill + int8", (p80, kd, q), None),
+        ("prune 90% + distill + int8", (p90, kd, q), None),
+    ]
+    return [CandidateSpec(f"c{i:02d}", label, Recipe(steps), rts) for i, (label, steps, rts) in enumerate(grid)]
+
+
+STRATEGIES = {"shrink-and-improve": shrink_and_improve}
+
+
+def candidates_for(strategy: str, **kw) -> list[CandidateSpec]:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}.{suggest(strategy, STRATEGIES)} Available: {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy](**kw)

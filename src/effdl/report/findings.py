@@ -1,0 +1,80 @@
+"""Plain statements of where a candidate gained nothing, computed from its numbers.
+
+A candidate that is not faster, not smaller, or over the allowed quality drop gets one sentence,
+so that a technique which only looks good in theory is called out in words, not left to a plot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .fmt import esc, name, pt
+from .view import View, fp, is_ok, ratio
+
+# A gain under 5% is called "none": repeated latency medians on a shared CPU differ by a few
+# percent (REFERENCE.md, timing pitfalls), and a few bytes of file header are not a size gain.
+MIN_GAIN = 1.05
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    text: str  # HTML-safe
+
+
+def speedup(view: View, cand: dict) -> float | None:
+    """Baseline latency p50 / candidate latency p50 (each on its own runtime)."""
+    return ratio(fp(view.baseline, "latency_ms_p50"), fp(cand, "latency_ms_p50"))
+
+
+def size_gain(view: View, cand: dict, key: str = "size_bytes") -> float | None:
+    """How many times smaller on disk than the baseline."""
+    return ratio(fp(view.baseline, key), fp(cand, key))
+
+
+def _speed_part(view: View, cand: dict) -> tuple[str, bool]:
+    s = speedup(view, cand)
+    runtime = esc(cand.get("runtime") or "its runtime")
+    if s is None:
+        return "latency not measured", False
+    if s < 1 / MIN_GAIN:
+        return f"slower than the baseline on {runtime} ({s:.2f}x)", False
+    if s < MIN_GAIN:
+        return f"no measured speed-up on {runtime} ({s:.2f}x)", False
+    return f"speed-up {s:.2f}x on {runtime}", True
+
+
+def _size_part(view: View, cand: dict) -> tuple[str, bool]:
+    g = size_gain(view, cand)
+    if g is None:
+        return "size not measured", False
+    if g < MIN_GAIN:
+        text = f"no size gain on disk ({g:.2f}x)"
+        gz = size_gain(view, cand, "size_bytes_gzip")
+        if gz is not None and gz >= MIN_GAIN:
+            text += f", only {gz:.1f}x after gzip"
+        return text, False
+    text = f"size gain {g:.1f}x"
+    params, nonzero = fp(cand, "params"), fp(cand, "nonzero_params")
+    if params and nonzero is not None and nonzero < params:
+        text += f" with {1 - nonzero / params:.0%} of weights zero"
+    return text, True
+
+
+def findings(view: View) -> list[Finding]:
+    """One statement per measured candidate that is not faster, not smaller or too inaccurate."""
+    out = []
+    for cand in view.candidates:
+        if cand is view.baseline or not is_ok(cand):
+            continue
+        speed, faster = _speed_part(view, cand)
+        size, smaller = _size_part(view, cand)
+        parts = []
+        if not (faster and smaller):
+            lead = "gained nothing: " if not (faster or smaller) else ""
+            parts.append(lead + f"{speed}; {size}")
+        drop = cand.get("quality_drop")
+        if view.max_drop is not None and isinstance(drop, (int, float)) and drop > view.max_drop:
+            parts.append(f"quality drop {pt(drop, signed=False)} exceeds the allowed {pt(view.max_drop, signed=False)}")
+        if parts:
+            out.append(Finding(cand["id"], f"{name(cand)}: " + "; ".join(parts)))
+    return out
