@@ -13,10 +13,13 @@ memory (tied weights) are stored once and come back as one shared tensor under e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +95,7 @@ def _encode(name: str, t: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
         sparse_bytes = math.ceil(n / 8) + nnz * size + SPARSE_HEADER_OVERHEAD
         if sparse_bytes < n * size:
             mask = torch.from_numpy(np.packbits(occupied.numpy()))
-            values = flat[occupied].clone()
+            values = flat[occupied]  # boolean indexing copies: owns its memory
             record.update(layout="bitmask", mask=f"{name}::mask", values=f"{name}::values", nnz=nnz)
             return record, {f"{name}::mask": mask, f"{name}::values": values}
     record.update(layout="dense", key=name)
@@ -126,6 +129,7 @@ def save_compact(
     unique, aliases = unique_tensors(tensors)
     layout: dict[str, dict] = {}
     parts: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
     for name, t in unique.items():
         record, new_parts = _encode(name, t.detach().cpu())
         clash = [k for k in new_parts if k in parts or (k in tensors and k != name)]
@@ -135,7 +139,11 @@ def save_compact(
                 "(names ending in '::mask' or '::values' are reserved): rename them"
             )
         layout[name] = record
-        parts.update(new_parts)
+        for key, part in new_parts.items():
+            # two different views of one storage (x and x.view(...)): safetensors refuses to share
+            ptr = part.untyped_storage().data_ptr()
+            parts[key] = part.clone() if part.numel() and ptr in storages else part
+            storages.add(ptr)
     metadata[LAYOUT_KEY] = json.dumps(
         {"version": FORMAT_VERSION, "tensors": layout, "aliases": aliases}, separators=(",", ":")
     )
@@ -143,8 +151,9 @@ def save_compact(
     return os.path.getsize(path)
 
 
-def _open(path: str | os.PathLike):
-    """(safetensors handle, metadata) or an ArtifactError naming the file."""
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[tuple[Any, dict[str, str]]]:
+    """(safetensors handle, metadata) or an ArtifactError naming the file; closed on exit."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -152,16 +161,19 @@ def _open(path: str | os.PathLike):
         raise ArtifactError(f"compact tensor file {str(path)!r} does not exist: check the path")
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
-        return handle, dict(handle.metadata() or {})
+        meta = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ArtifactError(
             f"compact tensor file {str(path)!r} is corrupt or truncated ({str(exc).splitlines()[0]}): re-save it"
         ) from None
+    with handle:
+        yield handle, meta
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The user metadata stored by :func:`save_compact` (the layout record left out)."""
-    _, meta = _open(path)
+    with _open(path) as (_, meta):
+        pass
     meta.pop(LAYOUT_KEY, None)
     return meta
 
@@ -201,9 +213,11 @@ def _decode(name: str, rec: dict, handle, path) -> tuple[torch.Tensor, set[str]]
         if occupied[n:].any():
             raise ValueError("mask has bits set past the end of the tensor")
         occupied = occupied[:n]
-        if values.dtype != dtype or values.dim() != 1 or values.numel() != int(occupied.sum()):
+        count = int(occupied.sum())
+        if values.dtype != dtype or values.dim() != 1 or values.numel() != count or rec.get("nnz", count) != count:
             raise ValueError(
-                f"values are {_dtype_name(values.dtype)}[{values.numel()}], mask expects {rec['dtype']}[{int(occupied.sum())}]"
+                f"values are {_dtype_name(values.dtype)}[{values.numel()}], mask expects {rec['dtype']}[{count}] "
+                f"(record says {rec.get('nnz')})"
             )
         out = torch.zeros(n, dtype=dtype)
         _bits(out)[occupied] = _bits(values)  # copy bit patterns, not numbers
@@ -216,14 +230,14 @@ def _decode(name: str, rec: dict, handle, path) -> tuple[torch.Tensor, set[str]]
 
 def load_compact(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Exact inverse of :func:`save_compact`: same names, dtypes, shapes and bits (ties kept)."""
-    handle, meta = _open(path)
-    keys = set(handle.keys())
-    layout, aliases = _layout(meta, keys, path)
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for name, rec in layout.items():
-        out[name], parts = _decode(name, rec, handle, path)
-        used |= parts
+    with _open(path) as (handle, meta):
+        keys = set(handle.keys())
+        layout, aliases = _layout(meta, keys, path)
+        for name, rec in layout.items():
+            out[name], parts = _decode(name, rec, handle, path)
+            used |= parts
     if used != keys:
         raise ArtifactError(
             f"compact tensor file {str(path)!r} holds entries its layout does not describe "

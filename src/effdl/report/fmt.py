@@ -30,9 +30,9 @@ def nbytes(value: Any) -> str:
     v = number(value)
     if v is None:
         return NA
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 2), ("kB", 1e3, 1)):
         if abs(v) >= scale:
-            return f"{v / scale:.2f} {unit}"
+            return f"{v / scale:.{digits}f} {unit}"
     return f"{round(v)} B"
 
 

@@ -28,7 +28,9 @@ def unplotted(view: View, axis: str) -> list[tuple[dict, str]]:
         if not is_ok(cand):
             out.append((cand, f"failed: {cand.get('reason') or 'no reason recorded'}"))
         elif _xy(view, cand, axis) is None:
-            out.append((cand, f"no measured {view.metric} and {AXIS_KEY[axis]}"))
+            x = fp(cand, AXIS_KEY[axis])
+            gaps = [view.metric] * (view.quality(cand) is None) + [AXIS_KEY[axis]] * (x is None or x <= 0)
+            out.append((cand, "not measured: " + ", ".join(gaps)))
     return out
 
 
@@ -87,9 +89,9 @@ def frontier_figure(view: View, axis: str) -> go.Figure:
                       annotation_text=f"baseline − max drop ({limit:.4f})",
                       annotation_position="bottom right")
     fig.update_layout(
-        template="plotly_white", height=440, margin=dict(l=60, r=20, t=50, b=50),
+        template="plotly_white", height=480, margin=dict(l=60, r=20, t=50, b=40),
         title=f"{esc(view.metric)} vs {AXIS_TITLE[axis].split(' (')[0]}",
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"),
+        legend=dict(orientation="h", yanchor="top", y=-0.18, x=0),
         font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"),
     )
     fig.update_xaxes(type="log", title=AXIS_TITLE[axis])

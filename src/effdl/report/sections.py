@@ -72,7 +72,8 @@ def card(view: View) -> str:
             '<div class="tiles">'
             + _tile(times(s), f"speed-up (baseline p50 / chosen p50, {esc(chosen.get('runtime'))})")
             + _tile(times(g), f"smaller on disk ({times(gz)} after gzip)")
-            + _tile(pt(drop), f"{esc(view.metric)} change (allowed {pt(view.max_drop, signed=False)})")
+            + _tile(pt(None if drop is None else -drop),
+                    f"{esc(view.metric)} change vs baseline (allowed: −{pt(view.max_drop, signed=False)})")
             + "</div>"
             + f'<p class="why"><b>Why {esc(chosen["id"])}:</b> {reason}</p>'
         )
@@ -115,4 +116,5 @@ def environment(view: View) -> str:
         items = warnings if isinstance(warnings, list) else [warnings]
         warn = '<div class="warn"><b>Measurement warnings</b><ul>' + "".join(
             f"<li>{esc(w)}</li>" for w in items) + "</ul></div>"
-    return f"<section><h2>Environment</h2>{warn}{_value(env)}</section>"
+    rest = {k: v for k, v in env.items() if not (k == "warnings" and warn)}  # shown once, in the box
+    return f"<section><h2>Environment</h2>{warn}{_value(rest)}</section>"

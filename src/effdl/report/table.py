@@ -4,8 +4,16 @@ from __future__ import annotations
 from .fmt import NA, count, energy, esc, kv_text, ms, nbytes, num, pt, recipe_text
 from .view import AXES, View, fp, is_ok, number
 
-HEAD = ("id", "label", "status", "runtime", "{metric}", "drop", "p50", "p90", "size", "gzip",
-        "params", "non-zeros", "MACs dense / sparse", "energy", "on frontier", "recipe", "runtimes")
+HEAD = ("id", "label", "status", "runtime", "{metric}", "drop", "latency p50 / p90", "size / gzip",
+        "params / non-zeros", "MACs dense / sparse", "energy", "on frontier")
+
+
+def _pair(a: str, b: str) -> str:
+    """'0.210 / 0.252 ms': one shared unit when both values have it."""
+    unit_a, unit_b = a.rpartition(" ")[2], b.rpartition(" ")[2]
+    if NA not in (a, b) and unit_a == unit_b:
+        return f"{a.rpartition(' ')[0]} / {b}"
+    return f"{a} / {b}"
 
 
 def _tags(view: View, cand: dict) -> str:
@@ -19,10 +27,13 @@ def _tags(view: View, cand: dict) -> str:
 
 def _status(cand: dict) -> str:
     status = cand.get("status") or "unknown"
-    if status == "ok":
-        return '<span class="ok">ok</span>'
-    reason = esc(cand.get("reason") or "no reason recorded")
-    return f'<span class="bad">{esc(status)}</span><div class="reason">{reason}</div>'
+    return f'<span class="{"ok" if status == "ok" else "bad"}">{esc(status)}</span>'
+
+
+def _reason(cand: dict) -> str:
+    if is_ok(cand):
+        return ""
+    return f'<div class="reason">reason: {esc(cand.get("reason") or "no reason recorded")}</div>'
 
 
 def _frontier(view: View, cand: dict) -> str:
@@ -52,7 +63,7 @@ def _runtimes(cand: dict) -> str:
             f"<td class=\"wrap\">{detail}</td></tr>"
         )
     return (
-        f"<details><summary>{len(runs)} tried, {n_ok} ok</summary><table class=\"inner\">"
+        f"<details><summary>runtimes: {len(runs)} tried, {n_ok} ok</summary><table class=\"inner\">"
         "<tr><th>runtime</th><th>status</th><th>p50</th><th>p90</th><th>parity / reason</th></tr>"
         + "".join(rows) + "</table></details>"
     )
@@ -67,25 +78,26 @@ def candidates_table(view: View) -> str:
         quality, drop = view.quality(c), number(c.get("quality_drop"))
         cells = [
             f"<b>{esc(c['id'])}</b> {_tags(view, c)}",
-            esc(c.get("label")),
+            f'<span class="label">{esc(c.get("label"))}</span>',
             _status(c),
             esc(c.get("runtime")) or NA,
             num(quality),
             pt(drop),
-            ms(f("latency_ms_p50")),
-            ms(f("latency_ms_p90")),
-            nbytes(f("size_bytes")),
-            nbytes(f("size_bytes_gzip")),
-            count(f("params")),
-            count(f("nonzero_params")),
+            _pair(ms(f("latency_ms_p50")), ms(f("latency_ms_p90"))),
+            f"{nbytes(f('size_bytes'))} / {nbytes(f('size_bytes_gzip'))}",
+            f"{count(f('params'))} / {count(f('nonzero_params'))}",
             f"{count(f('macs'))} / {count(f('macs_sparse'))}",
             energy(f("energy_uj")),
             _frontier(view, c) if is_ok(c) else "no",
-            f'<code class="wrap">{recipe_text(c.get("recipe"))}</code>',
-            _runtimes(c),
         ]
-        cls = "" if is_ok(c) else ' class="failed"'
-        rows.append(f"<tr id=\"cand-{esc(c['id'])}\"{cls}>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+        cls = "" if is_ok(c) else "failed"
+        tds = "".join(f"<td>{x}</td>" for x in cells)
+        rows.append(f'<tr id="cand-{esc(c["id"])}" class="main {cls}">{tds}</tr>')
+        # recipe and per-runtime results on a full-width line under the numbers
+        rows.append(
+            f'<tr class="sub {cls}"><td></td><td colspan="{len(HEAD) - 1}">{_reason(c)}recipe: '
+            f'<code>{recipe_text(c.get("recipe"))}</code>{_runtimes(c)}</td></tr>'
+        )
     return (
         '<div class="scroll"><table class="cands"><thead><tr>' + head + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table></div>"

@@ -69,3 +69,14 @@ def out_features(body: nn.Module, input_shape: tuple) -> int:
     finally:
         body.train(was)
     return n
+
+
+def kaiming_init(model: nn.Module) -> nn.Module:
+    """He-normal (fan-out) conv weights: PyTorch's default init shrinks activations ~3x per
+    layer, which leaves deep BN-free paths (MobileNet's linear bottlenecks) near zero at start."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ModelError
-from .layers import Ops, check_classes, check_width, scaled
+from .layers import Ops, check_classes, check_width, kaiming_init, scaled
 
 # (expansion t, output channels c, repeats n, stride s) as in the paper's Table 2, first five rows
 # and fewer repeats: small inputs need neither the 7x7 stages nor 1280 head channels.
@@ -17,7 +17,7 @@ def conv_bn(ops: Ops, cin: int, cout: int, kernel: int, stride: int = 1, groups:
     layers = [ops.conv(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False), ops.bn(cout)]
     if act:
         layers.append(nn.ReLU6())
-    return nn.Sequential(*layers)
+    return kaiming_init(nn.Sequential(*layers))
 
 
 class InvertedResidual(nn.Module):
@@ -59,4 +59,4 @@ def mobilenetv2(*, input_shape: tuple, num_classes: int, width: float = 1.0, exp
             cin = cout
     head = scaled(HEAD, max(width, 1.0), 8)  # like the paper, the head is never narrowed
     layers += [conv_bn(ops, cin, head, 1), ops.avg_pool(1), nn.Flatten(), nn.Linear(head, num_classes)]
-    return nn.Sequential(*layers)
+    return kaiming_init(nn.Sequential(*layers))

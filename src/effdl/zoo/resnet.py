@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import ModelError
-from .layers import Ops, check_classes, check_width, scaled
+from .layers import Ops, check_classes, check_width, kaiming_init, scaled
 
 SHORTCUTS = ("A", "B")
 
@@ -64,9 +64,7 @@ class ResNet(nn.Module):
         self.pool = ops.avg_pool(1)  # adaptive: any input size
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.relu(self.bn1(self.conv1(x))))

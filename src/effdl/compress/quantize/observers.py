@@ -1,0 +1,114 @@
+"""Observers that torchao does not ship: percentile ranges and one shared weight scale.
+
+Both plug into torchao's PT2E flow (``QuantizationSpec.observer_or_fake_quant_ctr``) and compute
+scale/zero-point with the base class's ``_calculate_qparams``, so the scale is floored at ``eps``
+exactly like the stock observers (a constant or all-zero tensor never divides by zero).
+"""
+from __future__ import annotations
+
+import torch
+from torchao.quantization.pt2e import PerChannelMinMaxObserver, UniformQuantizationObserverBase
+
+from ...core.errors import ConfigError
+
+
+class PercentileObserver(UniformQuantizationObserverBase):
+    """Per-tensor range clipped at percentiles of everything observed.
+
+    Keeps a fixed-size histogram (``bins`` counts over the running [lo, hi] range); when a batch
+    falls outside the range, the old counts are moved to the bins of the widened range by their bin
+    centres (error at most one bin). ``max`` is set at the ``percentile``-th percentile and ``min``
+    at the ``(100 - percentile)``-th, each linearly interpolated inside its bin.
+    """
+
+    hist: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def __init__(self, percentile: float = 99.99, bins: int = 2048, dtype=torch.quint8,
+                 qscheme=torch.per_tensor_affine, eps: float = torch.finfo(torch.float32).eps, **kwargs) -> None:
+        if not 50.0 < percentile <= 100.0:
+            raise ConfigError(f"PercentileObserver: percentile must be in (50, 100], got {percentile}")
+        if bins < 2:
+            raise ConfigError(f"PercentileObserver: bins must be >= 2, got {bins}")
+        super().__init__(dtype=dtype, qscheme=qscheme, eps=eps, **kwargs)
+        self.percentile = float(percentile)
+        self.bins = int(bins)
+        # float64 counts: exact up to 2**53 observed values per bin
+        self.register_buffer("hist", torch.zeros(self.bins, dtype=torch.float64))
+        self.register_buffer("lo", torch.tensor(float("inf")))
+        self.register_buffer("hi", torch.tensor(float("-inf")))
+
+    def _bin_index(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        if hi <= lo:  # a single value seen so far: everything lives in bin 0
+            return torch.zeros(x.shape, dtype=torch.long)
+        idx = ((x - lo) * (self.bins / (hi - lo))).floor().long()
+        return idx.clamp_(0, self.bins - 1)
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach().reshape(-1).to(torch.float64)
+        a, b = float(x.min()), float(x.max())
+        old_lo, old_hi = float(self.lo), float(self.hi)
+        new_lo, new_hi = min(old_lo, a), max(old_hi, b)
+        if self.hist.sum() > 0 and (new_lo < old_lo or new_hi > old_hi):
+            width = (old_hi - old_lo) / self.bins
+            centres = old_lo + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * width
+            moved = torch.zeros_like(self.hist)
+            moved.index_add_(0, self._bin_index(centres, new_lo, new_hi), self.hist)
+            self.hist.copy_(moved)
+        self.lo.fill_(new_lo)
+        self.hi.fill_(new_hi)
+        self.hist.index_add_(0, self._bin_index(x, new_lo, new_hi), torch.ones_like(x))
+        return x_orig
+
+    def percentile_value(self, q: float) -> float:
+        """Value below which ``q`` percent of the observed values lie (interpolated in its bin)."""
+        total = float(self.hist.sum())
+        if total == 0:
+            raise ConfigError("PercentileObserver saw no data: run calibration before reading its range")
+        lo, hi = float(self.lo), float(self.hi)
+        if hi <= lo:
+            return lo
+        cdf = torch.cumsum(self.hist, 0) / total
+        target = min(max(q / 100.0, 0.0), 1.0)
+        k = int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64)).clamp(max=self.bins - 1))
+        before = float(cdf[k - 1]) if k > 0 else 0.0
+        mass = float(cdf[k]) - before
+        frac = (target - before) / mass if mass > 0 else 0.0
+        return lo + (k + min(max(frac, 0.0), 1.0)) * (hi - lo) / self.bins
+
+    def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = self.percentile_value(100.0 - self.percentile)
+        hi = self.percentile_value(self.percentile)
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(max(hi, lo), dtype=torch.float32)
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        if float(self.hist.sum()) == 0:
+            # same default the stock observers return when never run
+            return torch.tensor([1.0]), torch.tensor([0])
+        return self._calculate_qparams(*self.observed_range())
+
+    def extra_repr(self) -> str:
+        return f"percentile={self.percentile}, bins={self.bins}, range=[{float(self.lo)}, {float(self.hi)}]"
+
+
+class PerChannelSharedScaleObserver(PerChannelMinMaxObserver):
+    """Per-tensor weight quantization written as per-channel with one scale for every channel.
+
+    (The class name must contain "PerChannel": torchao passes ``ch_axis`` only to such classes.)
+
+    Inductor's x86 int8 kernels only match per-channel weight dequantization, so a genuine
+    per-tensor weight spec silently stays in (simulated) float; equal per-channel scales keep the
+    per-tensor numerics and still lower to the int8 oneDNN kernels.
+    """
+
+    @torch.jit.export
+    def calculate_qparams(self):
+        if self.min_val.numel() == 0:
+            return super().calculate_qparams()
+        lo = self.min_val.min().expand_as(self.min_val)
+        hi = self.max_val.max().expand_as(self.max_val)
+        return self._calculate_qparams(lo, hi)

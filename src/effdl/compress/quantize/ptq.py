@@ -1,0 +1,283 @@
+"""quantize.ptq: post-training static INT8 quantization, calibrated on real batches.
+
+The scheme is the one the x86 int8 kernels run (torchao's X86InductorQuantizer): uint8
+per-tensor affine activations, int8 symmetric weights per output channel. Weights use the
+restricted range [-127, 127] with scale = max|w| / 127 (floored at 2**-12), the same symmetric
+range ONNX Runtime's quantizer uses, so both INT8 runtimes and the stored int8 tensors agree.
+
+The result is a ``QuantizedModel``: the untouched float model, the calibration batches and the
+PT2E-converted q/dq graph, whose eager forward simulates INT8 exactly. Real int8 execution is the
+job of the deploy lowerings (``pt2e-int8``, ``ort-int8``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import warnings
+from typing import Literal
+
+import pydantic
+import torch
+import torch.nn as nn
+
+from ...core.config import TechniqueConfig
+from ...core.errors import ConfigError, DataError, UnsupportedModuleError, suggest
+from ...core.registry import register
+
+#: scale floor of the x86 default config (torchao get_default_x86_inductor_quantization_config)
+EPS = 2.0**-12
+WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
+#: module types the X86 inductor quantizer turns into int8 kernels (Conv1d/3d stay float there)
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class PTQConfig(TechniqueConfig):
+    """Post-training static INT8 quantization settings."""
+
+    bits: Literal[8] = pydantic.Field(8, description="integer width; only 8 for now")
+    weight_granularity: Literal["channel", "tensor"] = pydantic.Field(
+        "channel", description="one weight scale per output channel, or one per tensor")
+    calibration: Literal["minmax", "percentile"] = pydantic.Field(
+        "minmax", description="activation range: observed min/max, or clipped at percentiles")
+    percentile: float = pydantic.Field(99.99, gt=90, le=100, description="upper percentile kept when calibration='percentile'")
+    num_batches: int = pydantic.Field(8, ge=1, description="calibration batches from the train split")
+    batch_size: int = pydantic.Field(32, ge=1, description="calibration batch size")
+    exclude: tuple[str, ...] = pydantic.Field((), description="module-name glob patterns kept in FP32")
+
+    @pydantic.field_validator("bits", mode="before")
+    @classmethod
+    def _only_eight(cls, v):
+        if isinstance(v, bool) or v != 8:
+            raise ValueError(
+                "quantize.ptq supports bits=8 only; other widths (4-bit weights, 16-bit) come in a "
+                "later release. Use bits=8"
+            )
+        return v
+
+
+class QuantizedModel(nn.Module):
+    """A float model plus its calibrated INT8 (PT2E q/dq) twin; ``forward`` simulates INT8.
+
+    Inference only: ``train()`` just records the flag (the exported graph has no training mode).
+    """
+
+    def __init__(self, float_model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
+                 reference: nn.Module, quantized_modules: tuple[str, ...], excluded: tuple[str, ...]) -> None:
+        super().__init__()
+        self.float_model = float_model.eval()
+        self.reference = reference
+        self.config = config
+        self.calibration = list(calibration)
+        #: names of the Conv/Linear modules whose weights are int8 in every INT8 runtime
+        self.quantized_modules = tuple(quantized_modules)
+        #: names of the modules kept in FP32 because of ``config.exclude``
+        self.excluded = tuple(excluded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference(x)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        self.training = bool(mode)
+        return self
+
+    def float_modules(self) -> tuple[str, ...]:
+        """Conv/Linear modules left in FP32 (excluded, or a type the int8 kernels lack)."""
+        return tuple(n for n, m in self.float_model.named_modules()
+                     if isinstance(m, _WEIGHTED) and n not in self.quantized_modules)
+
+    def storage_tensors(self) -> dict[str, torch.Tensor]:
+        """What an INT8 checkpoint stores: int8 weights + float32 scales, everything else as is.
+
+        For each quantized module ``<name>.weight.int8 = clamp(round(w / scale), -127, 127)`` with
+        ``<name>.weight.scale = max(max|w| / 127, 2**-12)`` per output channel (one value for
+        ``weight_granularity='tensor'``); other floating tensors of the float state dict unchanged.
+        """
+        out: dict[str, torch.Tensor] = {}
+        skip = set()
+        for name in self.quantized_modules:
+            w = self.float_model.get_submodule(name).weight.detach().float()
+            q, scale = quantize_weight(w, self.config.weight_granularity)
+            out[f"{name}.weight.int8"] = q
+            out[f"{name}.weight.scale"] = scale
+            skip.add(f"{name}.weight")
+        for key, t in self.float_model.state_dict().items():
+            if key not in skip and t.is_floating_point():
+                out[key] = t.detach()
+        return out
+
+
+def quantize_weight(w: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 of a Conv/Linear weight (output channels on dim 0): (int8 tensor, scale)."""
+    flat = w.reshape(w.shape[0], -1)
+    amax = flat.abs().amax(1) if granularity == "channel" else flat.abs().amax().reshape(1)
+    scale = (amax / WEIGHT_QMAX).clamp_min(EPS).float()
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    q = torch.round(w / scale.reshape(shape)).clamp(WEIGHT_QMIN, WEIGHT_QMAX).to(torch.int8)
+    return q, scale
+
+
+# -- validation --------------------------------------------------------------------------------
+def _check_finite(model: nn.Module) -> None:
+    bad = sorted({name.rpartition(".")[0] or "(root)"
+                  for name, t in list(model.named_parameters()) + list(model.named_buffers())
+                  if t.is_floating_point() and not bool(torch.isfinite(t).all())})
+    if bad:
+        raise ConfigError(
+            f"quantize.ptq: NaN/Inf in the weights of module(s) {', '.join(map(repr, bad))}; "
+            "INT8 ranges cannot be computed. Fix the checkpoint (retrain, or lower the learning rate)"
+        )
+
+
+def _match_exclude(model: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    names = [n for n, _ in model.named_modules() if n]
+    matched: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise ConfigError(
+                f"quantize.ptq: exclude pattern {pat!r} matches no module.{suggest(pat, names)} "
+                f"Module names: {', '.join(names[:30])}{' ...' if len(names) > 30 else ''}"
+            )
+        matched += [h for h in hits if h not in matched]
+    return tuple(matched)
+
+
+# -- PT2E --------------------------------------------------------------------------------------
+def _quantizer(config: PTQConfig, excluded: tuple[str, ...]):
+    from torchao.quantization.pt2e import MinMaxObserver, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    from .observers import PercentileObserver, PerChannelSharedScaleObserver
+
+    base = xiq.get_default_x86_inductor_quantization_config()
+    if config.calibration == "minmax":
+        act_obs = MinMaxObserver.with_args(eps=EPS)
+    else:
+        act_obs = PercentileObserver.with_args(percentile=config.percentile, eps=EPS)
+    w_obs = PerChannelMinMaxObserver if config.weight_granularity == "channel" else PerChannelSharedScaleObserver
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=act_obs)
+    weight = dataclasses.replace(base.weight, quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX,
+                                 observer_or_fake_quant_ctr=w_obs.with_args(eps=EPS))
+    quantizer = xiq.X86InductorQuantizer().set_global(QuantizationConfig(act, act, weight, None, False))
+    for name in excluded:
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    batch = torch.export.Dim("batch")
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+    except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModuleError(
+            f"quantize.ptq: torch.export cannot capture the model with a dynamic batch dimension "
+            f"({type(exc).__name__}: {first}). Fix: avoid Python control flow on tensor values and "
+            "hard-coded batch sizes in forward (use x.flatten(1), not x.view(32, -1))"
+        ) from None
+
+
+def _layer_of(node) -> str:
+    if node.op == "placeholder":
+        return "the model input"
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return f"{path!r} ({node.name})" if path else repr(node.name)
+
+
+def _warn_degenerate(prepared) -> None:
+    """Warn, naming the layer, where calibration saw a constant tensor (scale floored at EPS)."""
+    from torchao.quantization.pt2e import ObserverBase
+
+    from .observers import PercentileObserver
+
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        obs = getattr(prepared, node.target, None)
+        if not isinstance(obs, ObserverBase) or obs.qscheme != torch.per_tensor_affine:
+            continue
+        lo, hi = (obs.lo, obs.hi) if isinstance(obs, PercentileObserver) else (obs.min_val, obs.max_val)
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            continue  # never reached during calibration; torchao warns about that itself
+        scale = float(obs.calculate_qparams()[0].reshape(-1)[0])
+        if float(hi) - float(lo) <= 0 or scale <= EPS * (1 + 1e-6):
+            warnings.warn(
+                f"quantize.ptq: calibration saw a constant value ({float(lo):g}) at the output of "
+                f"{_layer_of(node.args[0])}; its INT8 scale is floored at {scale:g}. "
+                "Use calibration data that varies (real inputs, more batches)",
+                RuntimeWarning, stacklevel=3,
+            )
+
+
+def _int8_modules(converted) -> tuple[str, ...]:
+    """Modules whose weight is an int8 constant in the converted graph (the truth, not a guess)."""
+    names: list[str] = []
+    for node in converted.graph.nodes:
+        if node.op != "call_function" or "dequantize_per_channel" not in str(node.target):
+            continue
+        src = node.args[0]
+        if src.op != "get_attr" or getattr(converted, src.target).dtype != torch.int8:
+            continue
+        for user in node.users:
+            stack = user.meta.get("nn_module_stack") or {}
+            if stack:
+                path = list(stack.values())[-1][0]
+                if path not in names:
+                    names.append(path)
+    return tuple(names)
+
+
+_NOISY = ("The input of maxpool2d is not quantized", "must run observer before calling calculate_qparams",
+          "To copy construct from a tensor")
+
+
+def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
+                    excluded: tuple[str, ...]) -> nn.Module:
+    """Export, insert observers, calibrate, convert: the simulated-INT8 q/dq GraphModule."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with warnings.catch_warnings():
+        for msg in _NOISY:  # torchao's informational chatter, not a problem of the user's model
+            warnings.filterwarnings("ignore", message=msg)
+        prepared = prepare_pt2e(_export(model, calibration[0]), _quantizer(config, excluded))
+        move_exported_model_to_eval(prepared)
+        with torch.no_grad():
+            for x in calibration:
+                prepared(x)
+        _warn_degenerate(prepared)
+        converted = convert_pt2e(prepared)
+    move_exported_model_to_eval(converted)
+    return converted
+
+
+@register("quantize.ptq", PTQConfig, needs="calibration")
+def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
+    """Post-training static INT8 (per-channel int8 weights, uint8 activations), real-batch calibrated."""
+    if isinstance(model, QuantizedModel):
+        raise ConfigError("quantize.ptq: the model is already quantized; apply quantize.ptq to the float model")
+    if task is None:
+        raise ConfigError("quantize.ptq needs calibration data: pass task=ImageClassification(...)")
+    model = model.eval()
+    _check_finite(model)
+    excluded = _match_exclude(model, config.exclude)
+    calibration = task.calibration_batches(config.num_batches, config.batch_size)
+    for i, x in enumerate(calibration):
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"quantize.ptq: calibration batch {i} contains NaN/Inf: clean the train split")
+    reference = build_reference(model, config, calibration, excluded)
+    int8 = _int8_modules(reference)
+    result = QuantizedModel(model, config, calibration, reference, int8, excluded)
+    unsupported = [n for n in result.float_modules()
+                   if not any(n == e or n.startswith(e + ".") for e in excluded)]
+    if unsupported:
+        kinds = {n: type(model.get_submodule(n)).__name__ for n in unsupported}
+        warnings.warn(
+            "quantize.ptq: kept in FP32 because the x86 int8 kernels cover only Conv2d and Linear: "
+            + ", ".join(f"{n!r} ({k})" for n, k in kinds.items()),
+            UserWarning, stacklevel=2,
+        )
+    return result

@@ -1,0 +1,156 @@
+"""ONNX Runtime lowerings (CPU): FP32 and static QDQ INT8.
+
+INT8 follows REFERENCE.md: per-channel int8 weights with uint8 activations (U8S8); ORT's default
+int8 activations (S8S8) run slower than FP32 on this CPU. Layers a ``QuantizedModel`` keeps in
+FP32 (excluded, or types the PT2E int8 kernels lack) stay FP32 here too, so both INT8 runtimes
+and the stored int8 tensors describe the same model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.errors import ArtifactError, ConfigError, UnsupportedModuleError
+from .lowered import Lowered, as_logits
+from .onnx_export import OPSET, export_onnx, node_modules
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types
+        raise ArtifactError(f"ONNX Runtime cannot load {str(path)!r}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def _predict(sess):
+    name = sess.get_inputs()[0].name
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().to(torch.float32).contiguous().numpy()
+        return as_logits(sess.run(None, {name: arr})[0])
+
+    return predict
+
+
+def _stem(model: nn.Module) -> str:
+    """File stem from the model's class and a digest of its weights (distinct models never collide)."""
+    h = hashlib.sha1()
+    for k, t in model.state_dict().items():
+        h.update(k.encode())
+        t = t.detach().contiguous().cpu()
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return f"{type(model).__name__.lower()}-{h.hexdigest()[:10]}"
+
+
+def _info(sess, path: Path, threads: int, export_s: float) -> dict:
+    return {"threads": threads, "inter_op_threads": 1, "provider": sess.get_providers()[0],
+            "graph_optimization": "ORT_ENABLE_ALL", "opset": OPSET, "export_s": round(export_s, 3),
+            "onnx_bytes": path.stat().st_size}
+
+
+def lower_ort(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
+    model.eval()
+    path = Path(workdir) / f"{_stem(model)}.onnx"
+    t0 = time.perf_counter()
+    export_onnx(model, task.example_input(max(2, max(batch_sizes))), path)
+    export_s = time.perf_counter() - t0
+    sess = session(path, threads)
+    return Lowered("ort", "fp32", True, _predict(sess), path, _info(sess, path, threads, export_s))
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over the QuantizedModel's own calibration batches."""
+
+    def __init__(self, batches: list[torch.Tensor], name: str) -> None:
+        self.items = iter([{name: b.detach().float().contiguous().numpy()} for b in batches])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def _float_nodes(onnx_path: Path, keep_float: tuple[str, ...]) -> list[str]:
+    """Names of ONNX nodes that belong to any module in ``keep_float`` (or to its submodules)."""
+    import onnx
+
+    if not keep_float:
+        return []
+    owners = node_modules(onnx.load(str(onnx_path), load_external_data=False))
+    return sorted(n for n, mods in owners.items() if any(m in keep_float for m in mods))
+
+
+def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    config = getattr(model, "config", None)
+    float_model = getattr(model, "float_model", None)
+    if float_model is None or config is None:
+        raise ConfigError("ort-int8 runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+    workdir = Path(workdir)
+    stem = _stem(float_model)
+    float_path = workdir / f"{stem}.float.onnx"
+    out = workdir / f"{stem}.int8.onnx"
+    t0 = time.perf_counter()
+    # unoptimised export: one node per op, named by module scope (ORT fuses Conv+BN below)
+    export_onnx(float_model, task.example_input(2), float_path, optimize=False)
+    keep_float = tuple(dict.fromkeys(model.excluded + model.float_modules()))
+    exclude_nodes = _float_nodes(float_path, keep_float)
+    if config.calibration == "percentile":
+        # ORT cuts (100 - p)/2 % from each tail; ours cuts (100 - p) % from each: pass p' = 2p - 100
+        method, extra = CalibrationMethod.Percentile, {"CalibPercentile": 2 * config.percentile - 100}
+    else:
+        method, extra = CalibrationMethod.MinMax, {}
+    extra.update(WeightSymmetric=True, ActivationSymmetric=False)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=".ort-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        staged = Path(tmp) / "int8.onnx"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+                quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+                quantize_static(
+                    str(pre), str(staged), _Reader(model.calibration, "input"),
+                    quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=method, nodes_to_exclude=exclude_nodes, extra_options=extra,
+                )
+        except Exception as exc:  # ORT's quantizer raises many types
+            raise UnsupportedModuleError(
+                f"ONNX Runtime static quantization failed: {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}. "
+                "Fix: use the pt2e-int8 runtime for this model"
+            ) from None
+        os.replace(staged, out)  # same file system: the final name appears complete or not at all
+    quant_s = time.perf_counter() - t0
+    sess = session(out, threads)
+    info = _info(sess, out, threads, quant_s)
+    info.update(
+        quantization=config.to_dict(), float_onnx=str(float_path),
+        scheme="QDQ, U8S8 (uint8 activations, int8 symmetric weights)",
+        per_channel=config.weight_granularity == "channel", calibrate_method=method.name,
+        calibration_batches=len(model.calibration), nodes_kept_float=exclude_nodes,
+        qdq_nodes=_count_qdq(out),
+    )
+    return Lowered("ort-int8", "int8", False, _predict(sess), out, info)
+
+
+def _count_qdq(path: Path) -> int:
+    import onnx
+
+    return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)

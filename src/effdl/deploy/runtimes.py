@@ -1,0 +1,78 @@
+"""Runtimes: lower a model to something runnable and measurable.
+
+``RUNTIMES`` maps a runtime name to its lowering, a description and what it accepts ("float" or
+"quantized" models). ``lower(model, name, ...)`` returns a ``Lowered``; ``runtimes_for(model)``
+lists the runtimes that fit a model. Adding a runtime = one function + one registry entry.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch.nn as nn
+
+from ..core.errors import ConfigError, suggest
+from .lowered import Lowered, check_batch_sizes, check_threads
+from .ort_runtime import lower_ort, lower_ort_int8
+from .torch_runtime import lower_compile, lower_eager, lower_pt2e_int8
+
+__all__ = ["Lowered", "RUNTIMES", "Runtime", "is_quantized", "lower", "runtimes_for"]
+
+
+class Runtime(NamedTuple):
+    lower: Callable[..., Lowered]
+    description: str
+    accepts: str  # "float" | "quantized"
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "eager": Runtime(lower_eager, "PyTorch eager FP32 (eval, inference_mode)", "float"),
+    "compile": Runtime(lower_compile, "torch.compile (inductor) FP32 with freezing, static shapes", "float"),
+    "ort": Runtime(lower_ort, "ONNX Runtime CPU FP32 (dynamo ONNX export, all graph optimizations)", "float"),
+    "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels", "quantized"),
+    "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized"),
+}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    from ..compress.quantize.ptq import QuantizedModel
+
+    return isinstance(model, QuantizedModel)
+
+
+def runtimes_for(model: nn.Module) -> list[str]:
+    """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
+    kind = "quantized" if is_quantized(model) else "float"
+    return [name for name, rt in RUNTIMES.items() if rt.accepts == kind]
+
+
+def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int = 2,
+          batch_sizes: tuple[int, ...] = (1, 32)) -> Lowered:
+    """Lower ``model`` to ``runtime`` for ``batch_sizes`` on ``threads`` intra-op threads.
+
+    ``task`` supplies real example inputs (export, compile warm-up); ``workdir`` receives any file
+    written (ONNX). Raises ConfigError for an unknown runtime or a model of the wrong kind, and
+    UnsupportedModuleError / ArtifactError with the reason when the lowering itself fails.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"lower() takes an nn.Module, got {type(model).__name__}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(
+            f"unknown runtime {runtime!r}.{suggest(runtime, RUNTIMES)} Valid runtimes: {', '.join(RUNTIMES)}"
+        )
+    if task is None:
+        raise ConfigError(f"lowering to {runtime!r} needs task= (real example inputs for export and warm-up)")
+    rt = RUNTIMES[runtime]
+    kind = "quantized" if is_quantized(model) else "float"
+    if rt.accepts != kind:
+        fix = ("apply quantize.ptq first" if rt.accepts == "quantized"
+               else "pass the float model, or use one of " + ", ".join(runtimes_for(model)))
+        raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got a {kind} model: {fix}")
+    threads = check_threads(threads)
+    batch_sizes = check_batch_sizes(batch_sizes)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lowered = rt.lower(model, task=task, workdir=workdir, threads=threads, batch_sizes=batch_sizes)
+    lowered.info.setdefault("threads", threads)
+    lowered.info.setdefault("batch_sizes", list(batch_sizes))
+    return lowered
