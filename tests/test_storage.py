@@ -1,7 +1,5 @@
 """Compact storage: exact round trips, the size it promises, and refusal of damaged files."""
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch

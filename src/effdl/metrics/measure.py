@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import EffdlError
-from ..deploy.storage import model_tensors, save_compact
+from ..deploy.storage import model_tensors, save_compact, unique_tensors
 from .energy import estimate_energy
 from .flops import count_macs
 from .footprint import count_nonzero, count_params, dense_fp32_bytes, gzip_size
@@ -67,7 +67,7 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
     size = save_compact(tensors, path)
     macs = count_macs(src, task.example_input(1))
     quantized = src is not model
-    weight_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_bytes = sum(t.numel() * t.element_size() for t in unique_tensors(tensors)[0].values())
     energy = estimate_energy(
         macs["macs_sparse"], precision="int8" if quantized else "fp32",
         weight_bytes=weight_bytes, elementwise_ops=macs["elementwise_ops"],

@@ -1,0 +1,118 @@
+"""The command line on bad input: one clear line, exit code 2, no traceback, nothing half-written."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ENV = {**os.environ, "EFFDL_NO_REEXEC": "1"}
+
+
+def effdl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "effdl.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def _assert_clean_error(r, *needles):
+    assert r.returncode == 2, r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+    text = " ".join(r.stderr.split())
+    for n in needles:
+        assert n in text, text
+
+
+def test_unknown_zoo_name(tmp_path):
+    r = effdl("measure", "--model", "zoo:lenet", "--data", "digits")
+    _assert_clean_error(r, "lenet", "Did you mean")
+
+
+def test_unknown_data_name():
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "mnsit")
+    _assert_clean_error(r, "mnsit", "Did you mean 'mnist'")
+
+
+def test_missing_weights(tmp_path):
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(tmp_path / "nope.safetensors"))
+    _assert_clean_error(r, "does not exist")
+
+
+def test_corrupt_weights(tmp_path):
+    p = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(1000)}, str(p))
+    p.write_bytes(p.read_bytes()[:200])  # truncated
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(p))
+    _assert_clean_error(r, "corrupt or truncated")
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_malicious_pickle_refused_without_side_effect(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pt"
+    p.write_bytes(pickle.dumps({"state_dict": _Evil(str(marker))}))
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(p))
+    _assert_clean_error(r, "pickle", "--allow-pickle")
+    assert not marker.exists()
+    # even when allowed, loading is weights-only: the payload still does not run
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(p), "--allow-pickle")
+    assert r.returncode == 2 and not marker.exists()
+
+
+def test_model_forward_fails_on_data_shape(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(10, 10)\n")
+    r = effdl("measure", "--model", f"{f}:make", "--data", "digits")
+    _assert_clean_error(r, "forward fails on the data's input shape")
+
+
+def test_recipe_typo_suggests_and_writes_nothing(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:mlp\ndata: digits\nsteps:\n  - technique: prune.magnitude\n    sparsty: 0.5\n")
+    out = tmp_path / "out"
+    r = effdl("apply", str(recipe), "--out", str(out))
+    _assert_clean_error(r, "unknown key 'sparsty'", "Did you mean 'sparsity'")
+    assert not out.exists()
+
+
+def test_recipe_sparsity_out_of_range(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:mlp\ndata: digits\nsteps:\n  - technique: prune.magnitude\n    sparsity: 1.0\n")
+    r = effdl("apply", str(recipe), "--out", str(tmp_path / "o"))
+    _assert_clean_error(r, "sparsity")
+
+
+def test_debug_shows_traceback():
+    r = effdl("--debug", "measure", "--model", "zoo:lenet", "--data", "digits")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_techniques_json_lists_fields():
+    r = effdl("techniques", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    fields = {f["name"]: f for f in data["prune.magnitude"]["fields"]}
+    assert fields["sparsity"]["default"] == 0.5
+    assert {"quantize.ptq", "learn.distill"} <= set(data)
+
+
+def test_apply_recipe_saves_and_measures(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: zoo:mlp\ndata: digits\nsteps:\n  - technique: prune.magnitude\n    sparsity: 0.5\n")
+    out = tmp_path / "out"
+    r = effdl("apply", str(recipe), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "measurement.json").read_text())
+    assert m["status"] == "ok"
+    assert m["footprint"]["nonzero_params"] < 0.55 * m["footprint"]["params"]
+    assert (out / "model.safetensors").is_file() and (out / "recipe.json").is_file()
+    assert not [p for p in out.rglob("*.tmp")]

@@ -1,0 +1,108 @@
+"""End to end on real data: candidates measured on real runtimes, frontier, choice, export, resume."""
+import csv
+import json
+
+import optuna
+import pytest
+
+import effdl
+from effdl.pipeline.pareto import pareto_front
+from effdl.pipeline.recipe import Recipe
+from effdl.pipeline.strategies import CandidateSpec
+from effdl.pipeline.study import Study
+
+
+def _specs():
+    return [
+        CandidateSpec("c00", "baseline (eager)", Recipe(()), ("eager",)),
+        CandidateSpec("c01", "baseline", Recipe(()), ("eager", "ort")),
+        CandidateSpec("c02", "prune 80%", Recipe((effdl.prune.Magnitude(sparsity=0.8, finetune_epochs=2),)), ("ort",)),
+        CandidateSpec("c03", "broken scope", Recipe((effdl.prune.Magnitude(sparsity=0.5, exclude=("nope",)),)), ("ort",)),
+        CandidateSpec("c04", "prune 80% + int8", Recipe((effdl.prune.Magnitude(sparsity=0.8, finetune_epochs=2),
+                                                        effdl.quantize.PTQ())), ("ort-int8",)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(digits_task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opt")
+    events = []
+    res = effdl.optimize(digits_task, out_dir=out, max_drop=0.02, target="size", candidates=_specs(),
+                         on_event=lambda ev, c: events.append((ev, c["id"])))
+    return out, res, events
+
+
+def test_results_schema_and_files(run):
+    out, res, _ = run
+    assert res["schema_version"] == 1 and res["baseline"] == "c00"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["candidates"][0]["id"] == "c00"
+    for key in ("environment", "baseline", "chosen", "candidates", "goal", "frontier"):
+        assert key in on_disk
+    c = {x["id"]: x for x in res["candidates"]}
+    for cid in ("c00", "c01", "c02", "c04"):
+        assert c[cid]["status"] == "ok", c[cid]["reason"]
+        fp = c[cid]["footprint"]
+        for k in ("params", "nonzero_params", "size_bytes", "latency_ms_p50", "latency_ms_p90", "batch_size", "macs"):
+            assert k in fp
+        assert fp["latency_ms_p50"] <= fp["latency_ms_p90"]
+    assert (out / "report.html").is_file() and (out / "pareto.csv").is_file() and (out / "study.db").is_file()
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert [r["id"] for r in rows] == ["c00", "c01", "c02", "c03", "c04"]
+
+
+def test_failed_candidate_recorded_with_reason(run):
+    _, res, _ = run
+    c03 = next(x for x in res["candidates"] if x["id"] == "c03")
+    assert c03["status"] == "failed" and "'nope' matches no module" in c03["reason"]
+    assert c03["on_frontier"] is False
+
+
+def test_sparse_and_int8_candidates_are_smaller(run):
+    _, res, _ = run
+    c = {x["id"]: x["footprint"] for x in res["candidates"]}
+    assert c["c02"]["nonzero_params"] < 0.25 * c["c00"]["params"]
+    # bitmask storage of an 80%-sparse FP32 model: well under half the dense bytes
+    assert c["c02"]["size_bytes"] < 0.5 * c["c00"]["size_bytes"]
+    # and int8 on top: under a quarter of the sparse FP32 file
+    assert c["c04"]["size_bytes"] < 0.5 * c["c02"]["size_bytes"]
+
+
+def test_frontier_and_choice_follow_the_numbers(run):
+    _, res, _ = run
+    ok = [x for x in res["candidates"] if x["status"] == "ok"]
+    expect = pareto_front([(x["id"], x["quality_val"]["accuracy"], x["footprint"]["size_bytes"]) for x in ok])
+    assert res["frontier"]["size"] == expect
+    feasible = [x for x in ok if x["quality_drop_val"] <= 0.02]
+    best = min(feasible, key=lambda x: x["footprint"]["size_bytes"])
+    assert res["chosen"] == best["id"]
+    assert (run[0] / "model" / "recipe.json").is_file()
+    recipe = json.loads((run[0] / "model" / "recipe.json").read_text())
+    assert recipe["candidate"] == best["id"] and "model.safetensors" in recipe["sha256"]
+
+
+def test_int8_runtime_parity_recorded(run):
+    _, res, _ = run
+    c04 = next(x for x in res["candidates"] if x["id"] == "c04")
+    p = c04["runtimes"]["ort-int8"]["parity"]
+    assert p["sqnr_db"] >= 20.0 and p["top1_agreement"] >= 0.99
+
+
+def test_rerun_resumes_without_redoing(run, digits_task):
+    out, first, _ = run
+    n_trials = len(optuna.load_study(study_name="effdl-optimize", storage=f"sqlite:///{out / 'study.db'}").trials)
+    events = []
+    again = effdl.optimize(digits_task, out_dir=out, max_drop=0.02, target="size", candidates=_specs(),
+                           on_event=lambda ev, c: events.append(ev))
+    assert events == ["resumed"] * 5
+    assert len(optuna.load_study(study_name="effdl-optimize", storage=f"sqlite:///{out / 'study.db'}").trials) == n_trials
+    assert again["chosen"] == first["chosen"]
+
+
+def test_interrupted_trial_is_marked_failed(tmp_path):
+    s = Study(tmp_path)
+    s.start("k1", "c00")  # never finished, as if the process was killed
+    s2 = Study(tmp_path)
+    t = s2.study.trials[0]
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["reason"].startswith("interrupted")
+    assert s2.finished() == {}
