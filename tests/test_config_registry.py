@@ -62,7 +62,8 @@ def test_apply_does_not_mutate_and_inplace_does():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     same = effdl.apply(model, effdl.prune.Magnitude(sparsity=0.5), inplace=True)
-    assert same is model and float((model[0].weight == 0).float().mean()) == pytest.approx(0.5)
+    zeros = int((model[0].weight == 0).sum() + (model[2].weight == 0).sum())
+    assert same is model and zeros == 40  # global: half of the 64 + 16 weights
 
 
 def test_apply_without_task_when_data_needed():

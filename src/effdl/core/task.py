@@ -63,7 +63,7 @@ class _SparsityKeeper:
     @torch.no_grad()
     def apply(self) -> None:
         for w, mask in self.masks:
-            w.mul_(mask)
+            w.masked_fill_(~mask, 0.0)  # +0.0, so compact storage sees a zero
 
 
 def _as_logits(out) -> torch.Tensor:

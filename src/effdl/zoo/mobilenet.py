@@ -37,10 +37,11 @@ class InvertedResidual(nn.Module):
 
 
 def mobilenetv2(*, input_shape: tuple, num_classes: int, width: float = 1.0, expansion: int = 6) -> nn.Sequential:
-    """Stem 3x3 conv (stride 1), inverted-residual stages, 1x1 head conv, global pool, linear.
+    """Stem 3x3 conv, inverted-residual stages, 1x1 head conv, global pool, linear.
 
-    A stage's stride 2 is kept only while the map is at least 4 wide, so 28x28 ends at 4x4 and
-    8x8 at 2x2 instead of vanishing. Channels are rounded to multiples of 8 after ``width``.
+    The stem strides by 2 only for inputs of 16 or more, and a stage's stride 2 is kept only while
+    the map is at least 4 wide: 28x28 runs at 14, 7, 4 and ends at 2x2; 8x8 runs at 8, 4 and ends
+    at 2x2; nothing vanishes. Channels are rounded to multiples of 8 after ``width``.
     """
     ops = Ops("mobilenetv2", input_shape)
     check_classes("mobilenetv2", num_classes)
@@ -48,8 +49,10 @@ def mobilenetv2(*, input_shape: tuple, num_classes: int, width: float = 1.0, exp
     if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
         raise ModelError(f"mobilenetv2: expansion must be an int >= 1, got {expansion!r}")
     cin = scaled(32, width, 8)
-    layers: list[nn.Module] = [conv_bn(ops, ops.in_channels, cin, 3)]
     size = min(ops.spatial)
+    stem_stride = 2 if size >= 16 else 1
+    layers: list[nn.Module] = [conv_bn(ops, ops.in_channels, cin, 3, stem_stride)]
+    size = (size - 1) // stem_stride + 1
     for t, c, n, s in STAGES:
         cout = scaled(c, width, 8)
         for i in range(n):

@@ -68,7 +68,7 @@ def prune_to(model: nn.Module, sparsity: float, scope: str = "global", exclude=(
                         # An emptied layer disconnects the network; keep its largest weight.
                         warnings.warn(f"global pruning would empty {name!r}; keeping its largest weight", stacklevel=2)
                         mask.view(-1)[m.weight.abs().argmax()] = True
-                    m.weight.mul_(mask)
+                    m.weight.masked_fill_(~mask, 0.0)  # +0.0 (mul would leave -0.0 for negatives)
         else:
             for _, m in layers:
                 w = m.weight

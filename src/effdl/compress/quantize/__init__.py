@@ -1,3 +1,5 @@
 """Quantization techniques (importing registers them)."""
-from . import ptq  # noqa: F401  (registers quantize.ptq)
-from .ptq import PTQConfig, QuantizedModel  # noqa: F401
+from .ptq import PTQConfig, QuantizedModel
+
+PTQ = PTQConfig
+__all__ = ["PTQ", "PTQConfig", "QuantizedModel"]

@@ -84,7 +84,6 @@ class PercentileObserver(UniformQuantizationObserverBase):
         hi = self.percentile_value(self.percentile)
         return torch.tensor(lo, dtype=torch.float32), torch.tensor(max(hi, lo), dtype=torch.float32)
 
-    @torch.jit.export
     def calculate_qparams(self):
         if float(self.hist.sum()) == 0:
             # same default the stock observers return when never run
@@ -105,7 +104,6 @@ class PerChannelSharedScaleObserver(PerChannelMinMaxObserver):
     per-tensor numerics and still lower to the int8 oneDNN kernels.
     """
 
-    @torch.jit.export
     def calculate_qparams(self):
         if self.min_val.numel() == 0:
             return super().calculate_qparams()

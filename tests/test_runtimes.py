@@ -1,0 +1,150 @@
+"""Runtimes: eager / torch.compile / ONNX Runtime lowerings agree with the source model.
+
+Real data (scikit-learn digits via effdl.data); a small LeNet-5-like CNN and an MLP defined here
+(test_ptq and test_parity reuse them). torch.compile is slow on 2 cores: it compiles exactly the
+two models below, once each, through module-scoped fixtures.
+"""
+from __future__ import annotations
+
+import math
+
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+from effdl.core.errors import ConfigError
+from effdl.core.task import ImageClassification
+from effdl.deploy.parity import check_parity, parity_inputs
+from effdl.deploy.runtimes import RUNTIMES, Lowered, lower, runtimes_for
+
+RTOL, ATOL = 1e-3, 1e-5  # REFERENCE.md: lossless rewrites across runtimes
+
+
+class SmallCNN(nn.Module):
+    """LeNet-5-like for 8x8 digits: conv-BN-ReLU-pool, conv-ReLU-pool, two Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16 * 2 * 2, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def small_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def trained_task(model: nn.Module, digits, epochs: float = 15) -> ImageClassification:
+    torch.manual_seed(0)
+    task = ImageClassification(model, digits.train, digits.val, digits.test, num_classes=digits.num_classes)
+    task.train(model, epochs=epochs, lr=3e-3)
+    return task
+
+
+@pytest.fixture(scope="module")
+def tasks(digits):
+    torch.manual_seed(0)
+    return {"cnn": trained_task(SmallCNN(), digits, epochs=3), "mlp": trained_task(small_mlp(), digits, epochs=3)}
+
+
+@pytest.fixture(scope="module")
+def lowered(tasks, tmp_path_factory):
+    """Every float lowering of both models, built once (compile is the slow part)."""
+    out = {}
+    for name, task in tasks.items():
+        wd = tmp_path_factory.mktemp(f"rt-{name}")
+        for rt in ("eager", "compile", "ort"):
+            out[name, rt] = lower(task.model, rt, task=task, workdir=wd, threads=2, batch_sizes=(1, 32))
+    return out
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "mlp"])
+@pytest.mark.parametrize("runtime", ["eager", "compile", "ort"])
+def test_float_lowerings_are_lossless_at_batch_1_and_32(tasks, lowered, model_name, runtime):
+    task, low = tasks[model_name], lowered[model_name, runtime]
+    assert (low.runtime, low.precision, low.lossless) == (runtime, "fp32", True)
+    inputs = parity_inputs(task, batch_sizes=(1, 32))
+    res = check_parity(task.model, low, inputs, rtol=RTOL, atol=ATOL)
+    assert res.ok, res.reason
+    assert res.batch_sizes == [1, 32] and res.n_samples >= 256
+    # the observed errors themselves, elementwise: |y - x| <= atol + rtol |x|
+    for x in (inputs[0], inputs[-1]):
+        with torch.inference_mode():
+            ref, got = task.model(x), low.predict(x)
+        assert got.dtype == torch.float32 and isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, ref, rtol=RTOL, atol=ATOL)
+    assert res.max_abs_err < 1e-4 and res.top1_agreement == 1.0
+    assert low.info["threads"] == 2 and torch.get_num_threads() == 2
+
+
+def test_compile_records_compile_time_and_freezing_is_scoped(lowered):
+    from torch._inductor import config as inductor_config
+
+    info = lowered["cnn", "compile"].info
+    assert info["freezing"] is True and info["dynamic"] is False and info["compile_s"] > 0
+    assert info["compiled_batch_sizes"] == [1, 32]
+    assert inductor_config.freezing is False  # the global patch was restored
+
+
+def test_ort_artifact_is_a_dynamic_batch_onnx_file(lowered, tasks):
+    low = lowered["mlp", "ort"]
+    assert low.artifact is not None and low.artifact.suffix == ".onnx" and low.artifact.is_file()
+    proto = onnx.load(str(low.artifact))
+    assert proto.opset_import[0].version >= 17
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value  # symbolic batch dimension
+    assert not [p for p in low.artifact.parent.iterdir() if p.name.endswith(".tmp")]  # atomic write
+    assert low.info["provider"] == "CPUExecutionProvider" and low.info["inter_op_threads"] == 1
+    # a batch size it was not exported at runs too
+    x = tasks["mlp"].example_input(5)
+    torch.testing.assert_close(low.predict(x), tasks["mlp"].model(x).detach(), rtol=RTOL, atol=ATOL)
+
+
+def test_runtimes_for_float_and_quantized(tasks):
+    from effdl.compress.quantize.ptq import PTQConfig
+    from effdl.core.registry import apply
+
+    assert runtimes_for(tasks["mlp"].model) == ["eager", "compile", "ort"]
+    q = apply(tasks["mlp"], PTQConfig(num_batches=2))
+    assert runtimes_for(q) == ["pt2e-int8", "ort-int8"]
+    with pytest.raises(ConfigError, match="quantized model"):
+        lower(q, "eager", task=tasks["mlp"], workdir=".", threads=2)
+    with pytest.raises(ConfigError, match="quantize.ptq"):
+        lower(tasks["mlp"].model, "pt2e-int8", task=tasks["mlp"], workdir=".", threads=2)
+    assert set(RUNTIMES) >= {"eager", "compile", "ort", "pt2e-int8", "ort-int8"}
+
+
+@pytest.mark.parametrize("name,hint", [("compiled", "compile"), ("ort_int8", "ort-int8"), ("eagre", "eager")])
+def test_unknown_runtime_suggests_the_closest(tasks, tmp_path, name, hint):
+    with pytest.raises(ConfigError, match=f"unknown runtime '{name}'. Did you mean '{hint}'"):
+        lower(tasks["mlp"].model, name, task=tasks["mlp"], workdir=tmp_path)
+
+
+@pytest.mark.parametrize("kw,match", [({"threads": 0}, "threads"), ({"threads": 1.5}, "threads"),
+                                      ({"batch_sizes": ()}, "batch_sizes"), ({"batch_sizes": (0, 4)}, "batch_sizes")])
+def test_bad_threads_or_batch_sizes(tasks, tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        lower(tasks["mlp"].model, "eager", task=tasks["mlp"], workdir=tmp_path, **kw)
+
+
+def test_eager_puts_a_train_mode_model_in_eval(digits, tmp_path):
+    model = SmallCNN().train()  # BN in train mode would use batch statistics
+    task = ImageClassification(model, digits.train, digits.val, num_classes=10)
+    model.train()
+    low = lower(model, "eager", task=task, workdir=tmp_path)
+    assert low.info["was_training"] is True and not model.training
+    x = task.example_input(1)
+    assert math.isfinite(float(low.predict(x).sum()))
+
+
+def test_lowered_rejects_unknown_precision():
+    with pytest.raises(ConfigError, match="precision"):
+        Lowered("x", "int4", False, lambda x: x)
