@@ -102,7 +102,7 @@ def bench_model(model_name: str, data_name: str, mode: dict, threads: int, workd
                 entry["lower_s"] = round(time.perf_counter() - t0, 2)
                 entry["precision"] = low.precision
                 entry["info"] = {k: v for k, v in low.info.items() if k in (
-                    "compile_s", "export_s", "int8_kernels_lowered", "qdq_nodes", "nodes_kept_float", "captured_by")}
+                    "compile_s", "export_s", "int8_kernels_lowered", "qdq_nodes", "nodes_kept_float")}
                 with torch.inference_mode():
                     parity = check_parity(model, low, inputs)
                     entry["accuracy"] = task.evaluate(fixed_batch(low.predict, BATCHES[-1]), "test")["accuracy"]

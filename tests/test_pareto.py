@@ -9,3 +9,24 @@ def test_front_hand_computed():
 
 def test_duplicates_both_stay():
     assert pareto_front([("a", 0.9, 1.0), ("b", 0.9, 1.0)]) == ["a", "b"]
+
+
+def _cand(cid, acc, lat, size):
+    return {"id": cid, "status": "ok", "quality_val": {"accuracy": acc},
+            "footprint": {"latency_ms_p50": lat, "size_bytes": size}}
+
+
+def test_choice_treats_latency_noise_as_a_tie():
+    from effdl.pipeline.optimize import _choose
+
+    base = _cand("b", 0.98, 1.0, 100)
+    cands = [base, _cand("x", 0.975, 1.03, 50), _cand("y", 0.975, 1.2, 10), _cand("z", 0.95, 0.5, 5)]
+    # z is fastest but 3 points worse (infeasible); x is within 5% of b's latency and half its size
+    chosen, why = _choose(cands, base, "accuracy", 0.01, "latency", 0.05)
+    assert chosen == "x" and "within 5%" in why
+    chosen, _ = _choose(cands, base, "accuracy", 0.01, "latency", 0.0)
+    assert chosen == "b"
+    chosen, _ = _choose(cands, base, "accuracy", 0.01, "size", 0.05)
+    assert chosen == "y"
+    chosen, why = _choose(cands, base, "accuracy", 0.0, "size", 0.05)
+    assert chosen == "b"

@@ -82,6 +82,7 @@ def optimize(
     batch_size: int = typer.Option(1, "--batch-size", help="batch size of the target latency"),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="comma-separated subset, e.g. eager,ort,ort-int8"),
     threads: int = typer.Option(2, "--threads"),
+    latency_tie: float = typer.Option(0.05, "--latency-tie", help="latencies within this fraction of the fastest count as tied (noise); ties go to the smaller model"),
     out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
     strategy: str = typer.Option("shrink-and-improve", "--strategy"),
 ) -> None:
@@ -107,7 +108,7 @@ def optimize(
             bar.console.print(_line(c, ev))
 
         results = run(task, out_dir=out_dir, max_drop=max_drop, target=target, metric=metric, batch_size=batch_size,
-                      runtimes=tuple(runtimes.split(",")) if runtimes else None, threads=threads,
+                      runtimes=tuple(runtimes.split(",")) if runtimes else None, threads=threads, latency_tie=latency_tie,
                       candidates=specs, model_spec=model, data_spec=data, command=command, on_event=on_event)
     _summary(results, out_dir)
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import random
 import warnings
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -77,7 +78,7 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
                 arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
             if arrays["x"].shape == (4000, 40) and arrays["x_test"].shape == (1000, 40):
                 return arrays
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             warnings.warn(f"cached MNIST-1D file {str(path)!r} is unreadable ({exc}); regenerating it", stacklevel=3)
     arrays = _mnist1d_generate()
 

@@ -8,7 +8,9 @@ scoped patch (passing it as a compile option fails for quantized models), shapes
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,7 @@ import torch.nn as nn
 from ..core.errors import ConfigError, UnsupportedModuleError
 from .lowered import Lowered, as_logits
 
+_LOWERING_IDS = itertools.count()
 _COMPILE_CHATTER = ("To copy construct from a tensor", "The input of maxpool2d is not quantized")
 
 
@@ -41,24 +44,26 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[0][:300] if msg else ''}"
 
 
-def _exported(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
-    """The model as an exported GraphModule (dynamic batch), or the module itself if export fails.
+def _own_code(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A call-through function with a code object of its own, to hand to torch.compile.
 
-    Compiling the exported graph gives each model its own code object: dynamo's per-code-object
-    cache (and its recompile limit) is then not shared by every ``nn.Sequential`` in the process.
+    Dynamo caches compiled graphs per code object and stops compiling after ``recompile_limit``
+    (8) entries; every ``torch.compile``d nn.Module shares one wrapper code object, so without
+    this the ninth (model, batch size) compiled in a process would silently run eager.
     """
-    try:
-        ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        return ep.module(), "torch.export"
-    except Exception:  # not exportable: compile the module directly (dynamo handles graph breaks)
-        return model, "module"
+
+    def call(x: torch.Tensor):
+        return module(x)
+
+    code = call.__code__.replace(co_name=f"effdl_lowered_{next(_LOWERING_IDS)}")
+    return types.FunctionType(code, call.__globals__, code.co_name, None, call.__closure__)
 
 
 class _Compiled:
     """A ``torch.compile``d callable whose every input shape is compiled under freezing."""
 
     def __init__(self, module: nn.Module, examples: list[torch.Tensor], threads: int) -> None:
-        self.fn = torch.compile(module, backend="inductor", dynamic=False)
+        self.fn = torch.compile(_own_code(module), backend="inductor", dynamic=False)
         self.threads = threads
         self.shapes: set[tuple] = set()
         self.compile_s = 0.0
@@ -85,6 +90,8 @@ class _Compiled:
         if (tuple(x.shape), x.dtype) not in self.shapes:
             self.warm(x)  # a new shape would otherwise compile without freezing
         _pin(self.threads)
+        if torch.is_inference_mode_enabled():  # the usual case when measured: skip a context switch
+            return as_logits(self.fn(x))
         with torch.inference_mode():
             return as_logits(self.fn(x))
 
@@ -92,6 +99,8 @@ class _Compiled:
 def _eager_predict(model: nn.Module, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     def predict(x: torch.Tensor) -> torch.Tensor:
         _pin(threads)
+        if torch.is_inference_mode_enabled():
+            return as_logits(model(x))
         with torch.inference_mode():
             return as_logits(model(x))
 
@@ -110,12 +119,11 @@ def lower_eager(model: nn.Module, *, task, workdir: Path, threads: int, batch_si
 
 
 def lower_compile(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
+    """Freezing folds the weights into constants: the result is a snapshot of ``model`` now."""
     model.eval()
-    examples = _examples(task, batch_sizes)
-    graph, captured = _exported(model, examples[-1])
-    compiled = _Compiled(graph, examples, threads)
+    compiled = _Compiled(model, _examples(task, batch_sizes), threads)
     info = {"threads": threads, "backend": "inductor", "freezing": True, "dynamic": False,
-            "captured_by": captured, "compiled_batch_sizes": list(batch_sizes),
+            "compiled_batch_sizes": list(batch_sizes),
             "compile_s": round(compiled.compile_s, 3)}
     return Lowered("compile", "fp32", True, compiled, None, info)
 
@@ -138,6 +146,7 @@ def lower_pt2e_int8(model: nn.Module, *, task, workdir: Path, threads: int, batc
             "compiled_batch_sizes": list(batch_sizes), "compile_s": round(compiled.compile_s, 3),
             "quantization": model.config.to_dict(), "int8_modules": list(model.quantized_modules),
             "scheme": "X86InductorQuantizer: uint8 per-tensor activations, int8 symmetric weights [-127, 127]",
-            # how many conv/linear ops inductor lowered to oneDNN int8 kernels (empty: simulated only)
+            # conv/linear ops inductor lowered to oneDNN int8 kernels, summed over the compiled
+            # batch sizes (empty would mean the q/dq graph only simulates INT8)
             "int8_kernels_lowered": kernels}
     return Lowered("pt2e-int8", "int8", False, compiled, None, info)

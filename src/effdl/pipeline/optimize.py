@@ -106,18 +106,30 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
     return result
 
 
-def _choose(cands, baseline, metric, max_drop, target_key):
+def _choose(cands, baseline, metric, max_drop, target, tie_tolerance):
+    """The feasible candidate with the lowest target footprint.
+
+    Latencies within ``tie_tolerance`` (relative) of the fastest are measurement noise, not a real
+    difference (a dense and a pruned FP32 model run the same kernels), so those count as tied and
+    the tie goes to the smaller file, then the higher quality. Sizes are exact: no tolerance.
+    """
+    key, other = TARGETS[target], TARGETS["size" if target == "latency" else "latency"]
     ok = [c for c in cands if c["status"] == "ok"]
     base_val = baseline["quality_val"][metric]
     feasible = [c for c in ok if base_val - c["quality_val"][metric] <= max_drop + 1e-12]
     if not feasible:
         return None, f"no candidate is within {max_drop * 100:.2f} points of the baseline's validation {metric}"
-    best = min(feasible, key=lambda c: (c["footprint"][target_key], -c["quality_val"][metric]))
+    lowest = min(c["footprint"][key] for c in feasible)
+    tol = tie_tolerance if target == "latency" else 0.0
+    tied = [c for c in feasible if c["footprint"][key] <= lowest * (1 + tol)]
+    best = min(tied, key=lambda c: (c["footprint"][other], -c["quality_val"][metric]))
     drop = base_val - best["quality_val"][metric]
-    return best["id"], (
-        f"lowest {target_key} among {len(feasible)} candidates within {max_drop * 100:.2f} points of the "
-        f"baseline's validation {metric} (its drop: {drop * 100:.2f} points)"
-    )
+    why = (f"lowest {key} among {len(feasible)} candidates within {max_drop * 100:.2f} points of the baseline's "
+           f"validation {metric} (its drop: {drop * 100:.2f} points)")
+    if len(tied) > 1:
+        why += (f"; {len(tied)} candidates were within {tol * 100:.0f}% of the lowest {key} (measurement noise), "
+                f"so the lowest {other} among them was taken")
+    return best["id"], why
 
 
 def optimize(
@@ -134,6 +146,7 @@ def optimize(
     runtimes: tuple[str, ...] | None = None,
     threads: int = 2,
     tolerances: Tolerances = Tolerances(),
+    latency_tie: float = 0.05,
     storage: str | None = None,
     model_spec: str = "python", data_spec: str = "python", command: str = "",
     on_event: Callable[[str, dict], None] | None = None,
@@ -172,7 +185,7 @@ def optimize(
         results.append(res)
         emit("done", res)
     return finalize(results, out_dir=out_dir, goal=dict(metric=metric, max_drop=max_drop, target=target,
-                    batch_size=batch_size, select_on="val"), model_spec=model_spec, data_spec=data_spec,
+                    batch_size=batch_size, select_on="val", latency_tie=latency_tie), model_spec=model_spec, data_spec=data_spec,
                     command=command, threads=threads)
 
 
@@ -193,7 +206,7 @@ def finalize(results, *, out_dir, goal, model_spec, data_spec, command, threads)
     for c in results:
         c["frontier"] = {t: c["id"] in ids for t, ids in frontier.items()}
         c["on_frontier"] = c["frontier"][goal["target"]]
-    chosen, reason = _choose(results, baseline, metric, goal["max_drop"], TARGETS[goal["target"]])
+    chosen, reason = _choose(results, baseline, metric, goal["max_drop"], goal["target"], goal.get("latency_tie", 0.05))
     out = {
         "schema_version": SCHEMA_VERSION,
         "effdl_version": __version__,
