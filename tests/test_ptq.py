@@ -237,6 +237,21 @@ def test_percentile_tensor_and_exclude_variants_stay_faithful(cnn_task, tmp_path
     assert res.ok and res.sqnr_db >= 20, res.reason
 
 
+def test_excluding_a_conv_fused_with_batchnorm_keeps_it_float_in_ort(cnn_task, tmp_path):
+    import onnx
+
+    q = apply(cnn_task, PTQConfig(exclude=("conv1",), num_batches=2))
+    assert "conv1" not in q.quantized_modules and "conv2" in q.quantized_modules
+    low = lower(q, "ort-int8", task=cnn_task, workdir=tmp_path, threads=2)
+    proto = onnx.load(str(low.artifact))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    convs = {n.input[1] if n.input[1] not in producer else producer[n.input[1]].input[0]: n
+             for n in proto.graph.node if n.op_type == "Conv"}
+    # the exporter fused bn1 into conv1 (the node carries bn1's scope): still found and kept FP32
+    assert "conv1.weight" in convs and convs["conv1.weight"].input[1] == "conv1.weight"
+    assert producer[convs["conv2.weight_quantized"].input[1]].op_type == "DequantizeLinear"
+
+
 class Signal1D(nn.Module):
     """Digits read as a 1-D signal of 64 samples: Conv1d (no int8 kernel in PT2E) + Linear."""
 

@@ -34,11 +34,11 @@ def _quiet():
         logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, optimize: bool = True) -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Export ``model`` (eval mode) to ``path`` with inputs ``input`` [batch, ...] -> ``logits``.
 
-    ``optimize=False`` keeps one ONNX node per PyTorch op (each named by its module scope), which
-    the INT8 path needs to map module names to nodes; ORT's own optimizer fuses later.
+    The exporter's optimizer runs (constant folding, Conv+BatchNorm fusion); each node keeps its
+    module scope in the metadata (see ``node_modules``) and fused convs keep their weight's name.
     """
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if nbytes >= MAX_SINGLE_FILE_BYTES * 0.95:
@@ -53,7 +53,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, *, optimize
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=OPSET, optimize=optimize,
+                model, (example,), dynamo=True, opset_version=OPSET, optimize=True,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import tempfile
 import time
@@ -84,14 +85,47 @@ class _Reader:
         return next(self.items, None)
 
 
+def _owner(name: str, keep_float: tuple[str, ...]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in keep_float)
+
+
 def _float_nodes(onnx_path: Path, keep_float: tuple[str, ...]) -> list[str]:
-    """Names of ONNX nodes that belong to any module in ``keep_float`` (or to its submodules)."""
+    """Names of ONNX nodes that belong to a module in ``keep_float`` (or one of its submodules).
+
+    A node belongs to the modules of its exporter scope; a weighted node also to the module named
+    by its weight initializer (``<module>.weight``), because the exporter fuses Conv+BatchNorm
+    into one Conv that carries the BatchNorm's scope but keeps the conv's weight name.
+    """
     import onnx
 
     if not keep_float:
         return []
-    owners = node_modules(onnx.load(str(onnx_path), load_external_data=False))
-    return sorted(n for n, mods in owners.items() if any(m in keep_float for m in mods))
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    owners = node_modules(proto)
+    out = []
+    for node in proto.graph.node:
+        mods = list(owners.get(node.name, []))
+        if len(node.input) > 1 and node.input[1].endswith(".weight"):
+            mods.append(node.input[1].removesuffix(".weight"))
+        if any(_owner(m, keep_float) for m in mods):
+            out.append(node.name)
+    return sorted(out)
+
+
+@contextlib.contextmanager
+def _collect_root_logging(records: list[str]):
+    """ORT's quantizer logs through the root logger; keep its notes in ``info``, off the terminal."""
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [Collect(logging.WARNING)]
+    try:
+        yield
+    finally:
+        root.handlers = saved
 
 
 def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
@@ -107,8 +141,7 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     float_path = workdir / f"{stem}.float.onnx"
     out = workdir / f"{stem}.int8.onnx"
     t0 = time.perf_counter()
-    # unoptimised export: one node per op, named by module scope (ORT fuses Conv+BN below)
-    export_onnx(float_model, task.example_input(2), float_path, optimize=False)
+    export_onnx(float_model, task.example_input(2), float_path)
     keep_float = tuple(dict.fromkeys(model.excluded + model.float_modules()))
     exclude_nodes = _float_nodes(float_path, keep_float)
     if config.calibration == "percentile":
@@ -117,12 +150,14 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     else:
         method, extra = CalibrationMethod.MinMax, {}
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".ort-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         staged = Path(tmp) / "int8.onnx"
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
-                quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+            # ORT's calibrators print progress to stdout
+            with contextlib.redirect_stdout(io.StringIO()), _collect_root_logging(notes):
+                quant_pre_process(str(float_path), str(pre))
                 quantize_static(
                     str(pre), str(staged), _Reader(model.calibration, "input"),
                     quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
@@ -144,7 +179,7 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
         scheme="QDQ, U8S8 (uint8 activations, int8 symmetric weights)",
         per_channel=config.weight_granularity == "channel", calibrate_method=method.name,
         calibration_batches=len(model.calibration), nodes_kept_float=exclude_nodes,
-        qdq_nodes=_count_qdq(out),
+        qdq_nodes=_count_qdq(out), quantizer_notes=notes[:20],
     )
     return Lowered("ort-int8", "int8", False, _predict(sess), out, info)
 

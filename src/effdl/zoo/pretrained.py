@@ -89,7 +89,9 @@ def _train(model_name: str, splits: Splits, seed: int, recipe: Recipe, weights: 
         test, val = task.evaluate(model, "test"), task.evaluate(model, "val")
     # Weights first, sidecar (with their sha256) last: a run killed in between leaves a cache
     # entry that fails the sha256 check and is retrained, never one that is silently trusted.
-    save_tensors(model.state_dict(), weights, metadata={"model": model_name, "data": splits.name})
+    # One metadata key only: safetensors writes the metadata map in hash order, so two keys would
+    # make identical weights produce different bytes (and sha256) from run to run.
+    save_tensors(model.state_dict(), weights, metadata={"effdl_baseline": f"{model_name} on {splits.name}"})
     write_json(sidecar, {
         "model": model_name, "data": splits.name, "seed": seed, "knobs": ZOO[model_name].knobs,
         "recipe": recipe.as_dict(), "test_accuracy": test["accuracy"], "val_accuracy": val["accuracy"],

@@ -27,8 +27,6 @@ from ...core.registry import register
 #: scale floor of the x86 default config (torchao get_default_x86_inductor_quantization_config)
 EPS = 2.0**-12
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
-#: module types the X86 inductor quantizer turns into int8 kernels (Conv1d/3d stay float there)
-QUANTIZABLE = (nn.Conv2d, nn.Linear)
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -276,8 +274,9 @@ def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     if unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in unsupported}
         warnings.warn(
-            "quantize.ptq: kept in FP32 because the x86 int8 kernels cover only Conv2d and Linear: "
-            + ", ".join(f"{n!r} ({k})" for n, k in kinds.items()),
+            "quantize.ptq: kept in FP32 because the x86 int8 quantizer (Conv2d and Linear patterns) "
+            "did not match them: " + ", ".join(f"{n!r} ({k})" for n, k in kinds.items())
+            + ". Every INT8 runtime keeps them FP32 too",
             UserWarning, stacklevel=2,
         )
     return result
