@@ -116,3 +116,14 @@ def test_apply_recipe_saves_and_measures(tmp_path):
     assert m["footprint"]["nonzero_params"] < 0.55 * m["footprint"]["params"]
     assert (out / "model.safetensors").is_file() and (out / "recipe.json").is_file()
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_synthetic_data_is_latency_only():
+    r = effdl("measure", "--model", "zoo:resnet8", "--data", "synthetic:3x16x16", "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["quality"] == {} and m["data"].startswith("synthetic")
+    assert m["footprint"]["params"] > 0
+    assert m["runtime_result"]["latency_by_batch"]["1"]["p50_ms"] > 0
+    r = effdl("optimize", "--model", "zoo:mlp", "--data", "synthetic:1x8x8", "--out", "unused")
+    _assert_clean_error(r, "synthetic", "optimizing needs real data")

@@ -53,18 +53,24 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) 
     DEBUG["on"] = debug
 
 
-def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool):
+def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool, latency_only: bool = False):
+    from .core.errors import ConfigError
     from .core.task import ImageClassification
     from .data import load_data
     from .zoo import load_model
 
     splits = load_data(data)
+    if splits.synthetic and not latency_only:
+        raise ConfigError(f"{data!r} is synthetic (random inputs): use it with `effdl measure` for latency and "
+                          "size only; optimizing needs real data (a bundled name or path/to/file.py:factory)")
+    if splits.synthetic:
+        err.print(f"[yellow]note:[/] {splits.description}")
     m = load_model(model, splits, weights=weights, allow_pickle=allow_pickle)
     return ImageClassification(m, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
 
 
 MODEL_OPT = typer.Option("zoo:lenet5", "--model", help="zoo:<name> or path/to/file.py:factory")
-DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | path/to/file.py:factory")
+DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | path/to/file.py:factory | synthetic:CxHxW (measure only)")
 WEIGHTS_OPT = typer.Option(None, "--weights", help="weights for the model (.safetensors)")
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow loading a pickle-based checkpoint you trust")
 
@@ -189,8 +195,11 @@ def measure(
     _steady_allocator()
     from .metrics.measure import measure as run
 
-    task = _task(model, data, weights, allow_pickle)
+    task = _task(model, data, weights, allow_pickle, latency_only=True)
     m = run(task, runtime=runtime, threads=threads)
+    if data.startswith("synthetic:"):
+        m["quality"] = {}  # random labels: no quality figure is meaningful
+        m["data"] = "synthetic (latency/size only)"
     if as_json:
         print(json.dumps(m, indent=2, default=str))
     else:

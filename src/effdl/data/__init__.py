@@ -9,6 +9,7 @@ from .bundled import DATASETS, LOADERS, mnist1d_cache_files
 from .cache import cache_dir
 from .factory import is_factory_spec, load_factory_data
 from .splits import Splits
+from .synthetic import PREFIX as SYNTHETIC_PREFIX, load_synthetic
 
 __all__ = ["DATASETS", "Splits", "cache_dir", "load_data", "mnist1d_cache_files"]
 
@@ -22,9 +23,12 @@ def load_data(name: str, *, seed: int = 0) -> Splits:
         raise DataError(f"data name must be a string, got {type(name).__name__}")
     if name in LOADERS:
         return LOADERS[name](seed)
+    if name.startswith(SYNTHETIC_PREFIX):
+        return load_synthetic(name, seed)
     if is_factory_spec(name):
         return load_factory_data(name, seed)
     raise DataError(
-        f"unknown data set {name!r}: use one of {sorted(DATASETS)} or path/to/file.py:factory."
+        f"unknown data set {name!r}: use one of {sorted(DATASETS)}, path/to/file.py:factory, "
+        "or synthetic:CxHxW (latency-only)."
         + suggest(name, DATASETS)
     )

@@ -22,6 +22,7 @@ class Splits:
     input_shape: tuple
     description: str
     seed: int = 0  # the split seed; trained baselines are keyed by it so test data never leaks
+    synthetic: bool = False  # random inputs: good for latency/size only, quality figures mean nothing
 
 
 def _allocate(class_counts: np.ndarray, sizes: list[int]) -> np.ndarray:

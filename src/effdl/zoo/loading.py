@@ -14,14 +14,15 @@ def load_model(spec: str, data: Splits, weights: str | None = None, allow_pickle
     """``zoo:<name>``: the trained baseline for ``data`` or, with ``weights``, the zoo
     architecture built for ``data``'s shape with those weights. ``path/to/file.py:factory``:
     ``factory()`` must return an nn.Module; ``weights`` (safetensors; pickle only with
-    ``allow_pickle``) are loaded into it. The model is returned in eval mode."""
+    ``allow_pickle``) are loaded into it. On synthetic (latency-only) data a zoo model keeps its
+    random initialisation: there is nothing real to train on. The model is returned in eval mode."""
     if not isinstance(spec, str):
         raise ModelError(f"model spec must be a string, got {type(spec).__name__}")
     if spec.startswith("zoo:"):
         name = spec[len("zoo:"):]
         if name not in ZOO:
             raise ModelError(f"unknown zoo model {name!r}: use one of {sorted(ZOO)}." + suggest(name, ZOO))
-        if weights is None:
+        if weights is None and not data.synthetic:
             return trained(name, data.name, seed=data.seed)
         model = build(name, input_shape=data.input_shape, num_classes=data.num_classes)
     else:
