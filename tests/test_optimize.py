@@ -27,7 +27,7 @@ def _specs():
 def run(digits_task, tmp_path_factory):
     out = tmp_path_factory.mktemp("opt")
     events = []
-    res = effdl.optimize(digits_task, out_dir=out, max_drop=0.02, target="size", candidates=_specs(),
+    res = effdl.optimize(digits_task, out_dir=out, max_drop=0.03, target="size", candidates=_specs(),
                          on_event=lambda ev, c: events.append((ev, c["id"])))
     return out, res, events
 
@@ -74,8 +74,9 @@ def test_frontier_and_choice_follow_the_numbers(run):
     ok = [x for x in res["candidates"] if x["status"] == "ok"]
     expect = pareto_front([(x["id"], x["quality_val"]["accuracy"], x["footprint"]["size_bytes"]) for x in ok])
     assert res["frontier"]["size"] == expect
-    feasible = [x for x in ok if x["quality_drop_val"] <= 0.02]
-    best = min(feasible, key=lambda x: x["footprint"]["size_bytes"])
+    feasible = [x for x in ok if x["quality_drop_val"] <= 0.03]
+    # sizes are exact (no noise band); equal sizes go to the faster one
+    best = min(feasible, key=lambda x: (x["footprint"]["size_bytes"], x["footprint"]["latency_ms_p50"]))
     assert res["chosen"] == best["id"]
     assert (run[0] / "model" / "recipe.json").is_file()
     recipe = json.loads((run[0] / "model" / "recipe.json").read_text())
@@ -93,7 +94,7 @@ def test_rerun_resumes_without_redoing(run, digits_task):
     out, first, _ = run
     n_trials = len(optuna.load_study(study_name="effdl-optimize", storage=f"sqlite:///{out / 'study.db'}").trials)
     events = []
-    again = effdl.optimize(digits_task, out_dir=out, max_drop=0.02, target="size", candidates=_specs(),
+    again = effdl.optimize(digits_task, out_dir=out, max_drop=0.03, target="size", candidates=_specs(),
                            on_event=lambda ev, c: events.append(ev))
     assert events == ["resumed"] * 5
     assert len(optuna.load_study(study_name="effdl-optimize", storage=f"sqlite:///{out / 'study.db'}").trials) == n_trials

@@ -16,7 +16,7 @@ from effdl.deploy.parity import SQNR_IDENTICAL_DB, check_parity, parity_inputs, 
 
 @pytest.fixture(scope="module")
 def task(digits):
-    return trained_task(small_mlp(), digits, epochs=10)
+    return trained_task(small_mlp, digits, epochs=10)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """quantize.ptq: config validation, true int8 storage, observers, and the two real INT8 runtimes.
 
 Models and tasks come from test_runtimes (a LeNet-5-like CNN and an MLP on scikit-learn digits).
-Only one torch.compile happens here (pt2e-int8 on the trained CNN).
+torch.compile runs twice here: pt2e-int8 on the trained CNN and on a tiny Conv1d model.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
-from test_runtimes import SmallCNN, small_mlp, trained_task
+from test_runtimes import SmallCNN, trained_task
 
 from effdl.compress.quantize.observers import PercentileObserver, PerChannelSharedScaleObserver
 from effdl.compress.quantize.ptq import PTQConfig, QuantizedModel
@@ -27,7 +27,7 @@ from effdl.deploy.runtimes import lower
 
 @pytest.fixture(scope="module")
 def cnn_task(digits):
-    return trained_task(SmallCNN(), digits, epochs=15)
+    return trained_task(SmallCNN, digits, epochs=30)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_constant_calibration_data_gives_finite_outputs_and_a_named_warning(digi
     y = torch.arange(64) % 10
     model = SmallCNN().eval()
     task = ImageClassification(model, TensorDataset(x, y), digits.val, num_classes=10)
-    with pytest.warns(RuntimeWarning, match=r"constant value \(0\) at the output of the model input"):
+    with pytest.warns(RuntimeWarning, match=r"constant value \(0\) at the model input"):
         q = apply(task, PTQConfig(calibration=calibration, num_batches=2))
     out = q(task.example_input(8))
     assert torch.isfinite(out).all()
@@ -253,7 +253,7 @@ def test_excluding_a_conv_fused_with_batchnorm_keeps_it_float_in_ort(cnn_task, t
 
 
 class Signal1D(nn.Module):
-    """Digits read as a 1-D signal of 64 samples: Conv1d (no int8 kernel in PT2E) + Linear."""
+    """Digits read as a 1-D signal of 64 samples: Conv1d + ReLU, then Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -264,9 +264,36 @@ class Signal1D(nn.Module):
         return self.fc(torch.relu(self.conv(x.flatten(1).unsqueeze(1))).flatten(1))
 
 
+class Volume3D(nn.Module):
+    """Digits as a depth-1 volume: Conv3d (no x86 int8 pattern) + Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, (1, 3, 3), padding=(0, 1, 1))
+        self.fc = nn.Linear(4 * 64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x.unsqueeze(1))).flatten(1))
+
+
+def test_conv1d_is_int8_in_both_runtimes(digits, tmp_path):
+    """Conv1d runs as an equivalent Conv2d inside PT2E (inductor cannot compile int8 conv1d)."""
+    task = trained_task(Signal1D, digits, epochs=5)
+    q = apply(task, PTQConfig(num_batches=2))
+    assert q.quantized_modules == ("conv", "fc") and q.float_modules() == ()
+    st = q.storage_tensors()
+    assert st["conv.weight.int8"].shape == (8, 1, 5) and st["conv.weight.scale"].shape == (8,)
+    inputs = parity_inputs(task)
+    for rt in ("pt2e-int8", "ort-int8"):
+        low = lower(q, rt, task=task, workdir=tmp_path, threads=2)
+        res = check_parity(task.model, low, inputs)
+        assert res.ok and res.sqnr_db >= 20, res.reason
+    assert low.info["nodes_kept_float"] == []
+
+
 def test_layers_without_int8_kernels_stay_float_everywhere(digits, tmp_path):
-    task = trained_task(Signal1D(), digits, epochs=5)
-    with pytest.warns(UserWarning, match=r"kept in FP32.*'conv' \(Conv1d\)"):
+    task = trained_task(Volume3D, digits, epochs=5)
+    with pytest.warns(UserWarning, match=r"kept in FP32.*'conv' \(Conv3d\)"):
         q = apply(task, PTQConfig(num_batches=2))
     assert q.quantized_modules == ("fc",) and q.float_modules() == ("conv",)
     assert q.storage_tensors()["conv.weight"].dtype == torch.float32
@@ -286,3 +313,13 @@ def test_quantized_forward_is_quiet_and_finite(quantized, cnn_task):
         warnings.simplefilter("error")  # evaluating the quantized model warns about nothing
         out = quantized(cnn_task.example_input(32))
     assert torch.isfinite(out).all() and not math.isnan(float(out.sum()))
+
+
+def test_one_sample_calibration_works(digits):
+    x, y = digits.train[0]
+    task = ImageClassification(SmallCNN().eval(), TensorDataset(x[None], torch.tensor([int(y)])), digits.val,
+                               num_classes=10)
+    q = apply(task, PTQConfig())
+    assert len(q.calibration) == 1 and q.calibration[0].shape[0] == 1
+    out = q(task.example_input(5))  # any batch size runs: the export kept the batch dynamic
+    assert out.shape == (5, 10) and torch.isfinite(out).all()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from effdl.core.errors import ConfigError
+from effdl.core.errors import ConfigError, UnsupportedModuleError
 from effdl.core.task import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
 from effdl.deploy.runtimes import RUNTIMES, Lowered, lower, runtimes_for
@@ -42,17 +42,26 @@ def small_mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
-def trained_task(model: nn.Module, digits, epochs: float = 15) -> ImageClassification:
+def trained_task(factory, digits, epochs: float = 15) -> ImageClassification:
+    """``factory()`` trained on digits; seeded before the weights are drawn and trained on one
+    thread, so the model is the same whatever ran before (multi-threaded conv backward sums in a
+    varying order)."""
     torch.manual_seed(0)
+    model = factory()
     task = ImageClassification(model, digits.train, digits.val, digits.test, num_classes=digits.num_classes)
-    task.train(model, epochs=epochs, lr=3e-3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        task.train(model, epochs=epochs, lr=3e-3)
+    finally:
+        torch.set_num_threads(before)
     return task
 
 
 @pytest.fixture(scope="module")
 def tasks(digits):
     torch.manual_seed(0)
-    return {"cnn": trained_task(SmallCNN(), digits, epochs=3), "mlp": trained_task(small_mlp(), digits, epochs=3)}
+    return {"cnn": trained_task(SmallCNN, digits, epochs=3), "mlp": trained_task(small_mlp, digits, epochs=3)}
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +157,31 @@ def test_eager_puts_a_train_mode_model_in_eval(digits, tmp_path):
 def test_lowered_rejects_unknown_precision():
     with pytest.raises(ConfigError, match="precision"):
         Lowered("x", "int4", False, lambda x: x)
+
+
+def test_reduced_precision_model_is_refused_with_the_fix(tasks, tmp_path):
+    import copy
+
+    model = copy.deepcopy(tasks["mlp"].model).to(torch.bfloat16)
+    with pytest.raises(UnsupportedModuleError, match=r"bfloat16 tensors: call model.float\(\)"):
+        lower(model, "eager", task=tasks["mlp"], workdir=tmp_path)
+
+
+class _Huge(nn.Module):
+    """A 2.4 GB buffer that costs no memory (an expanded view): the size check must fire first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = small_mlp()
+        self.register_buffer("table", torch.zeros(1).expand(600_000_000), persistent=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_onnx_over_2gb_is_refused_before_any_file_is_written(tasks, tmp_path):
+    from effdl.core.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="2 GB single-file ONNX limit"):
+        lower(_Huge(), "ort", task=tasks["mlp"], workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

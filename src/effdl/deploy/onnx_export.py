@@ -34,18 +34,23 @@ def _quiet():
         logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export ``model`` (eval mode) to ``path`` with inputs ``input`` [batch, ...] -> ``logits``.
-
-    The exporter's optimizer runs (constant folding, Conv+BatchNorm fusion); each node keeps its
-    module scope in the metadata (see ``node_modules``) and fused convs keep their weight's name.
-    """
+def check_size(model: nn.Module) -> None:
+    """Refuse, before any work, a model whose tensors exceed protobuf's 2 GB single-file limit."""
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     if nbytes >= MAX_SINGLE_FILE_BYTES * 0.95:
         raise ArtifactError(
             f"the model's tensors take {nbytes / 1024**3:.2f} GiB, over the 2 GB single-file ONNX "
             "limit; the ORT lowerings do not write external-data ONNX yet: use the eager or compile runtime"
         )
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Export ``model`` (eval mode) to ``path`` with inputs ``input`` [batch, ...] -> ``logits``.
+
+    The exporter's optimizer runs (constant folding, Conv+BatchNorm fusion); each node keeps its
+    module scope in the metadata (see ``node_modules``) and fused convs keep their weight's name.
+    """
+    check_size(model)
     if example.shape[0] < 2:
         # a batch of 1 would let the exporter specialise the batch dimension to 1
         example = example.expand(2, *example.shape[1:]).contiguous()

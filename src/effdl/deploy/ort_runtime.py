@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..core.errors import ArtifactError, ConfigError, UnsupportedModuleError
 from .lowered import Lowered, as_logits
-from .onnx_export import OPSET, export_onnx, node_modules
+from .onnx_export import OPSET, check_size, export_onnx, node_modules
 
 
 def session(path: Path, threads: int):
@@ -59,20 +59,21 @@ def _stem(model: nn.Module) -> str:
     return f"{type(model).__name__.lower()}-{h.hexdigest()[:10]}"
 
 
-def _info(sess, path: Path, threads: int, export_s: float) -> dict:
+def _info(sess, path: Path, threads: int, **seconds: float) -> dict:
     return {"threads": threads, "inter_op_threads": 1, "provider": sess.get_providers()[0],
-            "graph_optimization": "ORT_ENABLE_ALL", "opset": OPSET, "export_s": round(export_s, 3),
-            "onnx_bytes": path.stat().st_size}
+            "graph_optimization": "ORT_ENABLE_ALL", "opset": OPSET, "onnx_bytes": path.stat().st_size,
+            **{k: round(v, 3) for k, v in seconds.items()}}
 
 
 def lower_ort(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
     model.eval()
+    check_size(model)
     path = Path(workdir) / f"{_stem(model)}.onnx"
     t0 = time.perf_counter()
     export_onnx(model, task.example_input(max(2, max(batch_sizes))), path)
     export_s = time.perf_counter() - t0
     sess = session(path, threads)
-    return Lowered("ort", "fp32", True, _predict(sess), path, _info(sess, path, threads, export_s))
+    return Lowered("ort", "fp32", True, _predict(sess), path, _info(sess, path, threads, export_s=export_s))
 
 
 class _Reader:
@@ -136,6 +137,7 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     float_model = getattr(model, "float_model", None)
     if float_model is None or config is None:
         raise ConfigError("ort-int8 runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+    check_size(float_model)
     workdir = Path(workdir)
     stem = _stem(float_model)
     float_path = workdir / f"{stem}.float.onnx"
@@ -145,8 +147,11 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     keep_float = tuple(dict.fromkeys(model.excluded + model.float_modules()))
     exclude_nodes = _float_nodes(float_path, keep_float)
     if config.calibration == "percentile":
-        # ORT cuts (100 - p)/2 % from each tail; ours cuts (100 - p) % from each: pass p' = 2p - 100
-        method, extra = CalibrationMethod.Percentile, {"CalibPercentile": 2 * config.percentile - 100}
+        # ORT's default percentile range is symmetric (|x| histogram, -t..t), which wastes half of
+        # uint8 on ReLU outputs: ask for the raw-value histogram. ORT then cuts (100 - p)/2 % from
+        # each tail and ours (100 - p) % from each, so pass p' = 2p - 100 to get the same cut.
+        method = CalibrationMethod.Percentile
+        extra = {"CalibPercentile": 2 * config.percentile - 100, "CalibTensorRangeSymmetric": False}
     else:
         method, extra = CalibrationMethod.MinMax, {}
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
@@ -173,7 +178,7 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
         os.replace(staged, out)  # same file system: the final name appears complete or not at all
     quant_s = time.perf_counter() - t0
     sess = session(out, threads)
-    info = _info(sess, out, threads, quant_s)
+    info = _info(sess, out, threads, quantize_s=quant_s)
     info.update(
         quantization=config.to_dict(), float_onnx=str(float_path),
         scheme="QDQ, U8S8 (uint8 activations, int8 symmetric weights)",

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import torch
 import torch.nn as nn
 
-from ..core.errors import ConfigError, suggest
+from ..core.errors import ConfigError, UnsupportedModuleError, suggest
 from .lowered import Lowered, check_batch_sizes, check_threads
 from .ort_runtime import lower_ort, lower_ort_int8
 from .torch_runtime import lower_compile, lower_eager, lower_pt2e_int8
@@ -46,6 +47,16 @@ def runtimes_for(model: nn.Module) -> list[str]:
     return [name for name, rt in RUNTIMES.items() if rt.accepts == kind]
 
 
+def _check_fp32(model: nn.Module, runtime: str) -> None:
+    odd = sorted({str(t.dtype).removeprefix("torch.") for t in list(model.parameters()) + list(model.buffers())
+                  if t.is_floating_point() and t.dtype != torch.float32})
+    if odd:
+        raise UnsupportedModuleError(
+            f"runtime {runtime!r} lowers FP32 models, but this model holds {', '.join(odd)} tensors: "
+            "call model.float() first (reduced-precision runtimes are separate lowerings)"
+        )
+
+
 def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int = 2,
           batch_sizes: tuple[int, ...] = (1, 32)) -> Lowered:
     """Lower ``model`` to ``runtime`` for ``batch_sizes`` on ``threads`` intra-op threads.
@@ -68,6 +79,7 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
         fix = ("apply quantize.ptq first" if rt.accepts == "quantized"
                else "pass the float model, or use one of " + ", ".join(runtimes_for(model)))
         raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got a {kind} model: {fix}")
+    _check_fp32(model.float_model if kind == "quantized" else model, runtime)
     threads = check_threads(threads)
     batch_sizes = check_batch_sizes(batch_sizes)
     workdir = Path(workdir)

@@ -6,11 +6,12 @@ restricted range [-127, 127] with scale = max|w| / 127 (floored at 2**-12), the 
 range ONNX Runtime's quantizer uses, so both INT8 runtimes and the stored int8 tensors agree.
 
 The result is a ``QuantizedModel``: the untouched float model, the calibration batches and the
-PT2E-converted q/dq graph, whose eager forward simulates INT8 exactly. Real int8 execution is the
+PT2E-converted q/dq graph, whose eager forward simulates INT8 (quantize/dequantize in float). Real int8 execution is the
 job of the deploy lowerings (``pt2e-int8``, ``ort-int8``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import warnings
@@ -166,6 +167,8 @@ def _quantizer(config: PTQConfig, excluded: tuple[str, ...]):
 
 def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
     batch = torch.export.Dim("batch")
+    if example.shape[0] < 2:  # a batch of 1 would be specialised to a constant by torch.export
+        example = example.expand(2, *example.shape[1:]).contiguous()
     try:
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
@@ -177,12 +180,13 @@ def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
         ) from None
 
 
-def _layer_of(node) -> str:
+def _where(node) -> str:
+    """Where an observed tensor comes from, in the user's module names."""
     if node.op == "placeholder":
         return "the model input"
     stack = node.meta.get("nn_module_stack") or {}
     path = list(stack.values())[-1][0] if stack else ""
-    return f"{path!r} ({node.name})" if path else repr(node.name)
+    return f"the output of {path!r} ({node.name})" if path else f"the output of {node.name!r}"
 
 
 def _warn_degenerate(prepared) -> None:
@@ -203,15 +207,52 @@ def _warn_degenerate(prepared) -> None:
         scale = float(obs.calculate_qparams()[0].reshape(-1)[0])
         if float(hi) - float(lo) <= 0 or scale <= EPS * (1 + 1e-6):
             warnings.warn(
-                f"quantize.ptq: calibration saw a constant value ({float(lo):g}) at the output of "
-                f"{_layer_of(node.args[0])}; its INT8 scale is floored at {scale:g}. "
+                f"quantize.ptq: calibration saw a constant value ({float(lo):g}) at "
+                f"{_where(node.args[0])}; its INT8 scale is floored at {scale:g}. "
                 "Use calibration data that varies (real inputs, more batches)",
                 RuntimeWarning, stacklevel=3,
             )
 
 
-def _int8_modules(converted) -> tuple[str, ...]:
-    """Modules whose weight is an int8 constant in the converted graph (the truth, not a guess)."""
+class _Conv1dAs2d(nn.Module):
+    """A Conv1d computed as the equivalent Conv2d over a height-1 image (same numbers).
+
+    torchao's x86 quantizer annotates Conv1d+ReLU, but inductor (torch 2.13) fails to compile the
+    resulting int8 conv1d with freezing; as Conv2d it lowers to the oneDNN int8 kernel.
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        pad = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
+                              stride=(1, conv.stride[0]), padding=pad, dilation=(1, conv.dilation[0]),
+                              groups=conv.groups, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight.detach().unsqueeze(2))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.unsqueeze(2)).squeeze(2)
+
+
+def _conv1d_as_conv2d(model: nn.Module) -> tuple[nn.Module, frozenset[str]]:
+    """A copy of ``model`` with every zero-padded Conv1d wrapped as ``_Conv1dAs2d`` (same names)."""
+    names = [n for n, m in model.named_modules(remove_duplicate=False)
+             if n and isinstance(m, nn.Conv1d) and m.padding_mode == "zeros"]
+    if not names:
+        return model, frozenset()
+    out = copy.deepcopy(model)
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        holder = out.get_submodule(parent) if parent else out
+        setattr(holder, child, _Conv1dAs2d(getattr(holder, child)))
+    return out, frozenset(names)
+
+
+def _int8_modules(converted, rewritten: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """Modules whose weight is an int8 constant in the converted graph (the truth, not a guess),
+    named as in the float model (a rewritten Conv1d's inner ``.conv`` maps back to the Conv1d)."""
     names: list[str] = []
     for node in converted.graph.nodes:
         if node.op != "call_function" or "dequantize_per_channel" not in str(node.target):
@@ -223,6 +264,8 @@ def _int8_modules(converted) -> tuple[str, ...]:
             stack = user.meta.get("nn_module_stack") or {}
             if stack:
                 path = list(stack.values())[-1][0]
+                if path.endswith(".conv") and path.removesuffix(".conv") in rewritten:
+                    path = path.removesuffix(".conv")
                 if path not in names:
                     names.append(path)
     return tuple(names)
@@ -233,15 +276,17 @@ _NOISY = ("The input of maxpool2d is not quantized", "must run observer before c
 
 
 def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
-                    excluded: tuple[str, ...]) -> nn.Module:
-    """Export, insert observers, calibrate, convert: the simulated-INT8 q/dq GraphModule."""
+                    excluded: tuple[str, ...]) -> tuple[nn.Module, tuple[str, ...]]:
+    """Export, insert observers, calibrate, convert: the simulated-INT8 q/dq GraphModule, and the
+    names of the float model's modules whose weights it holds in int8."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     with warnings.catch_warnings():
         for msg in _NOISY:  # torchao's informational chatter, not a problem of the user's model
             warnings.filterwarnings("ignore", message=msg)
-        prepared = prepare_pt2e(_export(model, calibration[0]), _quantizer(config, excluded))
+        traced, rewritten = _conv1d_as_conv2d(model)
+        prepared = prepare_pt2e(_export(traced, calibration[0]), _quantizer(config, excluded))
         move_exported_model_to_eval(prepared)
         with torch.no_grad():
             for x in calibration:
@@ -249,7 +294,7 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
         _warn_degenerate(prepared)
         converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
-    return converted
+    return converted, _int8_modules(converted, rewritten)
 
 
 @register("quantize.ptq", PTQConfig, needs="calibration")
@@ -266,16 +311,15 @@ def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     for i, x in enumerate(calibration):
         if not bool(torch.isfinite(x).all()):
             raise DataError(f"quantize.ptq: calibration batch {i} contains NaN/Inf: clean the train split")
-    reference = build_reference(model, config, calibration, excluded)
-    int8 = _int8_modules(reference)
+    reference, int8 = build_reference(model, config, calibration, excluded)
     result = QuantizedModel(model, config, calibration, reference, int8, excluded)
     unsupported = [n for n in result.float_modules()
                    if not any(n == e or n.startswith(e + ".") for e in excluded)]
     if unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in unsupported}
         warnings.warn(
-            "quantize.ptq: kept in FP32 because the x86 int8 quantizer (Conv2d and Linear patterns) "
-            "did not match them: " + ", ".join(f"{n!r} ({k})" for n, k in kinds.items())
+            "quantize.ptq: kept in FP32 because the x86 int8 quantizer (Conv1d/Conv2d and Linear "
+            "patterns) did not match them: " + ", ".join(f"{n!r} ({k})" for n, k in kinds.items())
             + ". Every INT8 runtime keeps them FP32 too",
             UserWarning, stacklevel=2,
         )
