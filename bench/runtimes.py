@@ -19,16 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+from effdl.metrics.latency import STEADY_MALLOC_ENV, reexec_with_steady_malloc
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _steady_allocator() -> None:
-    """glibc reads these variables only at process start, so set them and start again."""
-    if all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items()):
-        return
-    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
-              {**os.environ, **STEADY_MALLOC})
+    reexec_with_steady_malloc([str(Path(__file__).resolve()), *sys.argv[1:]])
 
 
 MODELS = [("lenet5", "mnist"), ("mlp", "mnist"), ("resnet20", "mnist"), ("mobilenetv2", "mnist"),
@@ -231,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/runtimes.py " + " ".join(sys.argv[1:]), "mode": mode_name,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"), "wall_s": time.perf_counter() - start,
         "threads": args.threads, "timing": mode, "foreign_cpu_fraction": round(foreign, 3),
-        "malloc_env": {k: os.environ.get(k) for k in STEADY_MALLOC}, "warnings": warnings_seen,
+        "malloc_env": {k: os.environ.get(k) for k in STEADY_MALLOC_ENV}, "warnings": warnings_seen,
         "environment": environment(threads=args.threads),
     }
     text = render(results, meta)

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch.nn as nn
 
-from .errors import ConfigError
+from .errors import ConfigError, suggest
 
 
 def match_scopes(model: nn.Module, patterns: Iterable[str]) -> set[str]:
@@ -17,8 +17,8 @@ def match_scopes(model: nn.Module, patterns: Iterable[str]) -> set[str]:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
         if not hits:
             raise ConfigError(
-                f"scope pattern {pat!r} matches no module; module names look like "
-                f"{', '.join(names[:6])}{'...' if len(names) > 6 else ''}"
+                f"scope pattern {pat!r} matches no module.{suggest(pat, names)} Module names: "
+                f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}"
             )
         matched.update(hits)
     return matched

@@ -8,7 +8,7 @@ where calibration batches come from, and what a real example input looks like.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch

@@ -27,7 +27,7 @@ class DistillConfig(TechniqueConfig):
     temperature: float = Field(4.0, gt=0.0, description="softmax temperature T (> 0)")
     alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the soft-target term")
     epochs: float = Field(3.0, gt=0.0)
-    lr: float = Field(5e-4, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
     teacher: Literal["task"] = Field("task", description="'task': the Task's reference (uncompressed) model")
 
 

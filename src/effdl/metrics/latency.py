@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import platform
 import threading
 import time
@@ -24,6 +25,18 @@ from effdl.core.errors import ConfigError
 
 # REFERENCE.md: with these glibc settings identical eager runs went from 18-29 ms to 15-16 ms.
 STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def reexec_with_steady_malloc(argv: list[str]) -> None:
+    """Re-run this process as ``argv`` with STEADY_MALLOC_ENV set, unless it already is.
+
+    glibc reads these only at start-up, so setting them from Python is too late. Without them
+    identical eager runs varied 18-29 ms here and speed-ups looked 1.4-2x too big (REFERENCE.md).
+    EFFDL_NO_REEXEC=1 turns this off (tests, embedding).
+    """
+    if all(os.environ.get(k) for k in STEADY_MALLOC_ENV) or os.environ.get("EFFDL_NO_REEXEC"):
+        return
+    os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **STEADY_MALLOC_ENV})
 
 
 def _batch_size(inputs: Any) -> int:

@@ -6,7 +6,7 @@ cannot take (e.g. pruning an already-quantized model), so an illegal order fails
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 

@@ -30,11 +30,11 @@ class CandidateSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 4.0) -> list[CandidateSpec]:
+def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0) -> list[CandidateSpec]:
     p50 = MagnitudeConfig(sparsity=0.5, finetune_epochs=finetune_epochs)
     p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
     p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
-    kd = DistillConfig(epochs=distill_epochs)
+    kd = DistillConfig(epochs=distill_epochs, lr=1e-3)
     q = PTQConfig()
     qp = PTQConfig(calibration="percentile", percentile=99.99)
     grid = [

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import warnings
 from typing import Literal
 
@@ -22,8 +21,9 @@ import torch
 import torch.nn as nn
 
 from ...core.config import TechniqueConfig
-from ...core.errors import ConfigError, DataError, UnsupportedModuleError, suggest
+from ...core.errors import ConfigError, DataError, UnsupportedModuleError
 from ...core.registry import register
+from ...core.scope import match_scopes
 
 #: scale floor of the x86 default config (torchao get_default_x86_inductor_quantization_config)
 EPS = 2.0**-12
@@ -126,20 +126,6 @@ def _check_finite(model: nn.Module) -> None:
             f"quantize.ptq: NaN/Inf in the weights of module(s) {', '.join(map(repr, bad))}; "
             "INT8 ranges cannot be computed. Fix the checkpoint (retrain, or lower the learning rate)"
         )
-
-
-def _match_exclude(model: nn.Module, patterns: tuple[str, ...]) -> tuple[str, ...]:
-    names = [n for n, _ in model.named_modules() if n]
-    matched: list[str] = []
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            raise ConfigError(
-                f"quantize.ptq: exclude pattern {pat!r} matches no module.{suggest(pat, names)} "
-                f"Module names: {', '.join(names[:30])}{' ...' if len(names) > 30 else ''}"
-            )
-        matched += [h for h in hits if h not in matched]
-    return tuple(matched)
 
 
 # -- PT2E --------------------------------------------------------------------------------------
@@ -306,7 +292,7 @@ def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
         raise ConfigError("quantize.ptq needs calibration data: pass task=ImageClassification(...)")
     model = model.eval()
     _check_finite(model)
-    excluded = _match_exclude(model, config.exclude)
+    excluded = tuple(sorted(match_scopes(model, config.exclude)))
     calibration = task.calibration_batches(config.num_batches, config.batch_size)
     for i, x in enumerate(calibration):
         if not bool(torch.isfinite(x).all()):
