@@ -85,3 +85,13 @@ def test_recipe_bad_keys(tmp_path):
     p.write_text("stepz: []\n")
     with pytest.raises(ConfigError, match="'steps'"):
         Recipe.load(p)
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert files
+    for f in files:
+        r = Recipe.load(f)
+        assert r.steps and r.model and r.data

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ from rich.table import Table
 from .core.errors import EffdlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make models smaller, faster and better, measured.")
+# torchao warns at import that its CUDA-only extensions cannot load on a CPU machine; that is expected.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 # Logs and CI are not terminals; rich would fold tables to 80 columns there.
 out = Console(width=None if sys.stdout.isatty() else 130)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
@@ -208,6 +212,9 @@ def _print_measurement(m: dict) -> None:
     table.add_column("value")
     for k, v in {**m["quality"], **m["footprint"]}.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    for b, lat in m["runtime_result"]["latency_by_batch"].items():
+        table.add_row(f"latency batch {b}", f"p50 {lat['p50_ms']:.4g} ms, p90 {lat['p90_ms']:.4g} ms, "
+                      f"{lat['throughput_per_s']:.4g} items/s ({lat['threads']} threads)")
     out.print(table)
     if m["reason"]:
         err.print(f"[red]{m['reason']}[/]")
