@@ -297,3 +297,14 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a blank 1280x2400 page is ~10 kB
     if os.environ.get("EFFDL_KEEP_SCREENSHOT"):  # for a human look: copy it where asked
         shutil.copy(shot, os.environ["EFFDL_KEEP_SCREENSHOT"])
+
+
+def test_findings_separate_the_technique_from_the_runtime(results):
+    # the unmodified model was also measured on ort-fp32 at 0.050 ms: c04 (0.100 ms there) is 2.1x
+    # faster than the eager baseline, but 0.050 / 0.100 = 0.50x of the unmodified model on its runtime
+    results["candidates"][0]["runtimes"]["ort-fp32"] = _rt(0.050, max_abs_err=1e-6)
+    by = {f.id: f.text for f in findings(load_view(results))}
+    assert by["c04"].endswith("the technique itself runs slower than the unmodified model on ort-fp32 (0.50x)")
+    # c01 (int8 on ort-int8, 0.060) vs the unmodified model's fastest runtime (ort-fp32, 0.050): 0.83x
+    assert by["c01"] == ("c01 (int8 ptq): the technique itself runs slower than the unmodified model on its "
+                         "fastest runtime (ort-fp32) (0.83x)")

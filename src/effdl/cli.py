@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import warnings
 import shlex
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make models 
 # torchao warns at import that its CUDA-only extensions cannot load on a CPU machine; that is expected.
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# copying an exported graph triggers torch's own pytree deprecation notice; not actionable by users
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
 # Logs and CI are not terminals; rich would fold tables to 80 columns there.
 out = Console(width=None if sys.stdout.isatty() else 130)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 130)

@@ -4,6 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 
+def _pts(delta: float) -> str:
+    return f"{delta * 100 + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0
+
+
 def _by_id(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["id"]: c for c in results["candidates"]}
 
@@ -17,7 +21,7 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             continue
         f = c["footprint"]
         rows.append((
-            c["id"], c["label"], c["runtime"], f"{c['quality'][metric]:.4f}", f"{c['quality_drop'] * 100:+.2f}",
+            c["id"], c["label"], c["runtime"], f"{c['quality'][metric]:.4f}", _pts(c["quality_drop"]),
             f"{f['latency_ms_p50']:.4f}", f"{f['size_bytes'] / 1024:.1f}", "yes" if c["on_frontier"] else "",
         ))
     return rows
@@ -41,7 +45,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     cf = ch["footprint"]
     lines.append(
         f"chosen {ch['id']} ({ch['label']}) on {ch['runtime']}: {metric} {ch['quality'][metric]:.4f} "
-        f"({-ch['quality_drop'] * 100:+.2f} points on test, {-ch['quality_drop_val'] * 100:+.2f} on validation), "
+        f"({_pts(-ch['quality_drop'])} points on test, {_pts(-ch['quality_drop_val'])} on validation), "
         f"{cf['latency_ms_p50']:.4f} ms p50 ({bf['latency_ms_p50'] / cf['latency_ms_p50']:.1f}x faster), "
         f"{cf['size_bytes']:,} bytes ({bf['size_bytes'] / cf['size_bytes']:.1f}x smaller)"
     )

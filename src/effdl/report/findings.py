@@ -60,9 +60,43 @@ def _size_part(view: View, cand: dict) -> tuple[str, bool]:
     return text, True
 
 
+def _unmodified_latency(view: View) -> dict[str, float]:
+    """runtime -> p50 of the unmodified model (candidates with an empty recipe) on that runtime."""
+    out: dict[str, float] = {}
+    for c in view.candidates:
+        if c.get("recipe") == [] and is_ok(c):
+            for rt, r in (c.get("runtimes") or {}).items():
+                lat = r.get("latency_ms_p50") if isinstance(r, dict) and r.get("status") == "ok" else None
+                if isinstance(lat, (int, float)) and lat > 0:
+                    out[rt] = min(lat, out.get(rt, lat))
+    return out
+
+
+def _own_effect(view: View, cand: dict, ref: dict[str, float]) -> str | None:
+    """What the technique itself did to latency: the candidate vs the unmodified model on the same
+    runtime (or on the unmodified model's fastest runtime, for INT8 runtimes it cannot run on).
+    A speed-up over the eager baseline that only comes from switching runtime is not the technique's."""
+    rt, lat = cand.get("runtime"), fp(cand, "latency_ms_p50")
+    if not cand.get("recipe") or not ref or lat is None:
+        return None
+    if rt in ref:
+        base_rt, base = rt, ref[rt]
+        where = f"the unmodified model on {esc(rt)}"
+    else:
+        base_rt = min(ref, key=ref.get)
+        base = ref[base_rt]
+        where = f"the unmodified model on its fastest runtime ({esc(base_rt)})"
+    s = base / lat
+    if s >= MIN_GAIN or base_rt == view.baseline.get("runtime"):
+        return None  # (same runtime as the baseline: the baseline comparison already says it)
+    verdict = "runs slower than" if s < 1 / MIN_GAIN else "brings no speed-up over"
+    return f"the technique itself {verdict} {where} ({s:.2f}x)"
+
+
 def findings(view: View) -> list[Finding]:
     """One statement per measured candidate that is not faster, not smaller or too inaccurate."""
     out = []
+    ref = _unmodified_latency(view)
     for cand in view.candidates:
         if cand is view.baseline or not is_ok(cand):
             continue
@@ -72,6 +106,9 @@ def findings(view: View) -> list[Finding]:
         if not (faster and smaller):
             lead = "gained nothing: " if not (faster or smaller) else ""
             parts.append(lead + f"{speed}; {size}")
+        own = _own_effect(view, cand, ref)
+        if own:
+            parts.append(own)
         drop = cand.get("quality_drop")
         if view.max_drop is not None and isinstance(drop, (int, float)) and drop > view.max_drop:
             parts.append(f"quality drop {pt(drop, signed=False)} exceeds the allowed {pt(view.max_drop, signed=False)}")

@@ -63,7 +63,9 @@ def _plots(view: View) -> str:
         "<section><h2>Frontier</h2>"
         '<p class="note">Each measured candidate is a point; the step line joins the frontier '
         "(best quality reachable within a footprint); ★ baseline, ◇ chosen; the dashed line is the "
-        f"lowest {esc(view.metric)} the goal allows.</p>"
+        f"lowest {esc(view.metric)} the goal allows. Quality is plotted on the "
+        f"{'validation' if view.select_split == 'val' else 'test'} split, the one the frontier and the choice "
+        "are computed on; the table reports the test split.</p>"
         f'<div class="plots">{divs}</div>{listing}</section>'
     )
 

@@ -16,7 +16,7 @@ COLORS = {"other": "#9aa5b1", "frontier": "#1f6fd1", "baseline": "#111111", "cho
 
 
 def _xy(view: View, cand: dict, axis: str) -> tuple[float, float] | None:
-    x, y = fp(cand, AXIS_KEY[axis]), view.quality(cand)
+    x, y = fp(cand, AXIS_KEY[axis]), view.select_quality(cand)
     # a log axis cannot place x <= 0, so such a value counts as not measured
     return None if x is None or y is None or x <= 0 or not is_ok(cand) else (x, y)
 
@@ -29,7 +29,7 @@ def unplotted(view: View, axis: str) -> list[tuple[dict, str]]:
             out.append((cand, f"failed: {cand.get('reason') or 'no reason recorded'}"))
         elif _xy(view, cand, axis) is None:
             x = fp(cand, AXIS_KEY[axis])
-            gaps = [view.metric] * (view.quality(cand) is None) + [AXIS_KEY[axis]] * (x is None or x <= 0)
+            gaps = [view.metric] * (view.select_quality(cand) is None) + [AXIS_KEY[axis]] * (x is None or x <= 0)
             out.append((cand, "not measured: " + ", ".join(gaps)))
     return out
 
@@ -39,7 +39,7 @@ def _hover(view: View, cand: dict) -> str:
     lines = [
         f"<b>{esc(cand['id'])}</b> {esc(cand.get('label'))}",
         f"runtime: {esc(cand.get('runtime'))}",
-        f"{esc(view.metric)}: {num(view.quality(cand))}",
+        f"{esc(view.metric)}: {num(view.quality(cand))} test, {num(view.select_quality(cand))} {view.select_split}",
         f"latency p50: {ms(fp(cand, 'latency_ms_p50'))}",
         f"size on disk: {nbytes(fp(cand, 'size_bytes'))}",
     ]
@@ -95,7 +95,8 @@ def frontier_figure(view: View, axis: str) -> go.Figure:
         font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"),
     )
     fig.update_xaxes(type="log", title=AXIS_TITLE[axis])
-    fig.update_yaxes(title=esc(view.metric))
+    split = "validation" if view.select_split == "val" else "test"
+    fig.update_yaxes(title=f"{esc(view.metric)} ({split} split)")
     return fig
 
 

@@ -41,7 +41,18 @@ class View:
     chosen: dict | None
 
     def quality(self, cand: dict) -> float | None:
+        """The reported quality: the test split."""
         return number((cand.get("quality") or {}).get(self.metric))
+
+    @property
+    def select_split(self) -> str:
+        """The split the frontier and the goal were computed on ('val' or 'test')."""
+        return "val" if (self.results.get("goal") or {}).get("select_on") == "val" else "test"
+
+    def select_quality(self, cand: dict) -> float | None:
+        """Quality on the selection split: what the frontier, the choice and the limit use."""
+        key = "quality_val" if self.select_split == "val" else "quality"
+        return number((cand.get(key) or {}).get(self.metric))
 
     def frontier_ids(self, axis: str) -> list[str]:
         """Ids on the frontier of ``axis``: the top-level list, else the candidates' own flags."""
@@ -52,8 +63,8 @@ class View:
 
     @property
     def constraint(self) -> float | None:
-        """Lowest quality the goal allows: baseline quality minus max_drop."""
-        base = self.quality(self.baseline)
+        """Lowest selection-split quality the goal allows: baseline minus max_drop."""
+        base = self.select_quality(self.baseline)
         return None if base is None or self.max_drop is None else base - self.max_drop
 
 
