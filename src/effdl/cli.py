@@ -54,6 +54,11 @@ def handled(fn):
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
     DEBUG["on"] = debug
+    # effdl's own progress notes (e.g. training a zoo baseline on first use) go to stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("effdl: %(message)s"))
+    logging.getLogger("effdl").addHandler(handler)
+    logging.getLogger("effdl").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool, latency_only: bool = False):
@@ -214,7 +219,8 @@ def _print_measurement(m: dict) -> None:
     table.add_column("metric")
     table.add_column("value")
     for k, v in {**m["quality"], **m["footprint"]}.items():
-        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        if not isinstance(v, dict):  # per-batch latency gets its own rows below
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     for b, lat in m["runtime_result"]["latency_by_batch"].items():
         table.add_row(f"latency batch {b}", f"p50 {lat['p50_ms']:.4g} ms, p90 {lat['p90_ms']:.4g} ms, "
                       f"{lat['throughput_per_s']:.4g} items/s ({lat['threads']} threads)")

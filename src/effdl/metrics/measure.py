@@ -155,6 +155,18 @@ def runtime_quality(res: RuntimeResult, task, batch_size: int) -> dict[str, dict
         return {"test": task.evaluate(predict, "test"), "val": task.evaluate(predict, "val")}
 
 
+def runtime_footprint(res: RuntimeResult, task, batch_size: int) -> dict[str, Any]:
+    """The footprint fields a verified runtime adds: latency at ``batch_size`` (and every measured
+    batch size), throughput, threads and peak memory."""
+    lat = res.latency[str(batch_size)]
+    return {
+        "latency_ms_p50": lat["p50_ms"], "latency_ms_p90": lat["p90_ms"], "throughput_per_s": lat["throughput_per_s"],
+        "batch_size": batch_size, "threads": lat.get("threads"),
+        "latency_by_batch": {b: {"p50_ms": v["p50_ms"], "p90_ms": v["p90_ms"]} for b, v in res.latency.items()},
+        "peak_mem_bytes": runtime_peak_memory(res, task, batch_size),
+    }
+
+
 def runtime_peak_memory(res: RuntimeResult, task, batch_size: int) -> int | None:
     try:
         with torch.inference_mode():
@@ -195,7 +207,7 @@ def measure(
                               threads=threads, tolerances=tolerances)
         quality = runtime_quality(res, task, batch_sizes[-1])["test"] if res.status == "ok" else {}
         if res.status == "ok":
-            fp["peak_mem_bytes"] = runtime_peak_memory(res, task, batch_sizes[0])
+            fp.update(runtime_footprint(res, task, batch_sizes[0]))
     return {
         "runtime": runtime,
         "status": res.status,

@@ -17,7 +17,7 @@ from ..core.io import sha256_file, write_json
 from ..core.registry import apply
 from ..metrics.env import environment
 from ..metrics.measure import (
-    Tolerances, measure_runtime, runtime_peak_memory, runtime_quality, static_footprint,
+    Tolerances, measure_runtime, runtime_footprint, runtime_quality, static_footprint,
 )
 from .pareto import pareto_front
 from .strategies import CandidateSpec, candidates_for
@@ -87,13 +87,7 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
     best = min(ok, key=lambda rt: ok[rt].latency[str(batch_size)]["p50_ms"])
     res = ok[best]
     quality = runtime_quality(res, task, batch_size)
-    lat = res.latency[str(batch_size)]
-    fp.update(
-        latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"], throughput_per_s=lat["throughput_per_s"],
-        batch_size=batch_size, threads=lat.get("threads"),
-        latency_by_batch={b: {"p50_ms": v["p50_ms"], "p90_ms": v["p90_ms"]} for b, v in res.latency.items()},
-        peak_mem_bytes=runtime_peak_memory(res, task, batch_size),
-    )
+    fp.update(runtime_footprint(res, task, batch_size))
     result.update(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp)
     result["artifacts"] = {"model": str((cdir / "model.safetensors").relative_to(out_dir))}
     if res.lowered.artifact is not None:

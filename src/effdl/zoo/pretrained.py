@@ -77,6 +77,8 @@ def _load_cached(model_name: str, splits: Splits, weights: Path, sidecar: Path) 
 
 
 def _train(model_name: str, splits: Splits, seed: int, recipe: Recipe, weights: Path, sidecar: Path) -> nn.Module:
+    log.info("training the %s baseline on %s (%s epochs; once, then cached in %s)",
+             model_name, splits.name, recipe.epochs, weights.parent)
     with _threads(recipe.threads):
         torch.manual_seed(seed)
         model = build(model_name, input_shape=splits.input_shape, num_classes=splits.num_classes)
