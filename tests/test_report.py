@@ -308,3 +308,25 @@ def test_findings_separate_the_technique_from_the_runtime(results):
     # c01 (int8 on ort-int8, 0.060) vs the unmodified model's fastest runtime (ort-fp32, 0.050): 0.83x
     assert by["c01"] == ("c01 (int8 ptq): the technique itself runs slower than the unmodified model on its "
                          "fastest runtime (ort-fp32) (0.83x)")
+
+
+def test_sparsity_heatmap_and_curves(results):
+    from effdl.report.sparsity import curve_figure, heatmap_figure
+
+    view = load_view(results)
+    assert heatmap_figure(view) is None and curve_figure(view) is None  # no per-layer counts: no section
+    dense = {"conv1": {"params": 150, "sparsity": 0.0}, "fc1": {"params": 48000, "sparsity": 0.0}}
+    c = {x["id"]: x for x in results["candidates"]}
+    c["c00"]["layers"] = dense
+    c["c02"]["layers"] = {"conv1": {"params": 150, "sparsity": 0.2}, "fc1": {"params": 48000, "sparsity": 0.9}}
+    c["c02"]["recipe"] = [{"technique": "prune.magnitude", "sparsity": 0.8, "schedule": "iterative"}]
+    c["c05"]["layers"] = {"conv1": {"params": 150, "sparsity": 0.5}}  # failed: never drawn
+    view = load_view(results)
+    (hm,) = heatmap_figure(view).data
+    assert list(hm.x) == ["conv1", "fc1"] and [list(r) for r in hm.z] == [[0.0, 0.0], [0.2, 0.9]]
+    (line,) = curve_figure(view).data
+    # x = 1 - nonzero/params: baseline 0, c02 1 - 12,400/61,706 = 0.79905
+    assert line.name == "prune.magnitude(iterative)"
+    assert list(line.x) == pytest.approx([0.0, 1 - 12_400 / 61_706])
+    assert list(line.y) == [0.984, 0.983]
+    assert "plot-heatmap" in render_html(results)

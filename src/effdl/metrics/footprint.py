@@ -74,3 +74,21 @@ def gzip_size(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview)
             raise ArtifactError(f"file {str(p)!r} does not exist: check the path")
         data = p.read_bytes()
     return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def layer_sparsity(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Per weighted layer (Conv/Linear, shared weights once): weight count and fraction of exact zeros.
+
+    The report draws this as the per-layer sparsity heatmap.
+    """
+    out: dict[str, dict[str, float]] = {}
+    seen: set[int] = set()
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and isinstance(w, torch.Tensor):
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            n = w.numel()
+            out[name or "(root)"] = {"params": n, "sparsity": float((w == 0).sum()) / max(n, 1)}
+    return out

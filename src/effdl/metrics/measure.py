@@ -19,7 +19,7 @@ from ..core.errors import EffdlError
 from ..deploy.storage import model_tensors, save_compact, unique_tensors
 from .energy import estimate_energy
 from .flops import count_macs
-from .footprint import count_nonzero, count_params, dense_fp32_bytes, gzip_size
+from .footprint import count_nonzero, count_params, dense_fp32_bytes, gzip_size, layer_sparsity
 from .latency import measure_latency, peak_memory
 
 
@@ -83,6 +83,7 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
         "flops": macs["flops"],
         "energy_uj": energy["total_uj"],
         "energy_method": energy.get("method"),
+        "layers": layer_sparsity(src),
     }
 
 

@@ -64,6 +64,7 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
     try:
         model = cache.build(spec.recipe.steps)
         fp = static_footprint(model, task, cdir / "model.safetensors")
+        result["layers"] = fp.pop("layers")
     except Exception as exc:  # a candidate that raises is recorded and the study goes on
         result["reason"] = f"building the candidate failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -1,0 +1,83 @@
+"""Sparsity views: the per-layer sparsity heatmap and quality-vs-sparsity curves per pruning recipe.
+
+Drawn only from measured candidates that carry per-layer counts (``layers``); a run without pruned
+candidates gets no section rather than an empty plot.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from .fmt import esc
+from .plots import figure_html
+from .view import View, fp, is_ok
+
+_FONT = dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif")
+
+
+def _sparse_candidates(view: View) -> list[dict]:
+    return [c for c in view.candidates if is_ok(c) and c.get("layers")
+            and any(v.get("sparsity", 0) > 0 for v in c["layers"].values())]
+
+
+def heatmap_figure(view: View) -> go.Figure | None:
+    """Rows: the baseline and every candidate with zeros; columns: weighted layers; colour: sparsity."""
+    rows = _sparse_candidates(view)
+    if not rows:
+        return None
+    rows = [view.baseline] + [c for c in rows if c is not view.baseline]
+    layers: list[str] = []
+    for c in rows:
+        layers += [n for n in (c.get("layers") or {}) if n not in layers]
+    z = [[(c.get("layers") or {}).get(n, {}).get("sparsity") for n in layers] for c in rows]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[esc(n) for n in layers], y=[f"{esc(c['id'])} {esc(c.get('label'))}" for c in rows],
+        zmin=0, zmax=1, colorscale="Blues", colorbar=dict(title="zeros"),
+        text=[[f"{v:.0%}" if v is not None else "" for v in row] for row in z], texttemplate="%{text}",
+        hovertemplate="%{y}<br>layer %{x}: %{z:.1%} zeros<extra></extra>",
+    ))
+    fig.update_layout(template="plotly_white", height=120 + 28 * len(rows), margin=dict(l=260, r=20, t=40, b=60),
+                      title="per-layer sparsity (fraction of exact zeros in each layer's weights)", font=_FONT)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _series(cand: dict) -> str:
+    """The recipe with its sparsity left out, e.g. 'prune.magnitude(iterative) + learn.distill'."""
+    parts = []
+    for step in cand.get("recipe") or []:
+        tech = step.get("technique", "?")
+        sched = step.get("schedule")
+        parts.append(f"{tech}({sched})" if tech.startswith("prune.") and sched else tech)
+    return " + ".join(parts)
+
+
+def curve_figure(view: View) -> go.Figure | None:
+    """Quality (selection split) vs overall weight sparsity, one line per recipe shape; the
+    iterative vs one-shot comparison reads off two of these lines."""
+    series: dict[str, list[tuple[float, float, str]]] = {}
+    for c in _sparse_candidates(view):
+        params, nonzero, q = fp(c, "params"), fp(c, "nonzero_params"), view.select_quality(c)
+        if params and nonzero is not None and q is not None:
+            series.setdefault(_series(c), []).append((1 - nonzero / params, q, c["id"]))
+    if not series:
+        return None
+    base_q = view.select_quality(view.baseline)
+    fig = go.Figure()
+    for name, pts in series.items():
+        pts = sorted(pts + ([(0.0, base_q, view.baseline["id"])] if base_q is not None else []))
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers+text",
+                                 text=[esc(p[2]) for p in pts], textposition="top center", name=esc(name)))
+    fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
+                      title=f"{esc(view.metric)} ({'validation' if view.select_split == 'val' else 'test'}) vs weight sparsity",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    fig.update_xaxes(title="fraction of weights that are zero", tickformat=".0%")
+    fig.update_yaxes(title=esc(view.metric))
+    return fig
+
+
+def sparsity_section(view: View) -> str:
+    figs = [(f, i) for f, i in ((heatmap_figure(view), "plot-heatmap"), (curve_figure(view), "plot-sparsity")) if f]
+    if not figs:
+        return ""
+    return ("<section><h2>Sparsity</h2>" + "".join(f'<div class="plot">{figure_html(f, i)}</div>' for f, i in figs)
+            + "</section>")
