@@ -124,6 +124,11 @@ def test_runtimes_for_float_and_quantized(tasks):
     assert runtimes_for(tasks["mlp"].model) == ["eager", "compile", "ort"]
     q = apply(tasks["mlp"], PTQConfig(num_batches=2))
     assert runtimes_for(q) == ["pt2e-int8", "ort-int8"]
+    # the sparse eager path is tried only where some Linear layer is at least half zeros
+    from effdl.compress.prune import MagnitudeConfig
+
+    sparse = apply(tasks["mlp"].model, MagnitudeConfig(sparsity=0.9))
+    assert runtimes_for(sparse) == ["eager", "compile", "ort", "eager-sparse"]
     with pytest.raises(ConfigError, match="quantized model"):
         lower(q, "eager", task=tasks["mlp"], workdir=".", threads=2)
     with pytest.raises(ConfigError, match="quantize.ptq"):

@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..core.errors import ConfigError, UnsupportedModuleError, suggest
 from .lowered import Lowered, check_batch_sizes, check_threads
 from .ort_runtime import lower_ort, lower_ort_int8
+from .sparse_exec import has_sparse_linear, lower_sparse_eager
 from .torch_runtime import lower_compile, lower_eager, lower_pt2e_int8
 
 __all__ = ["Lowered", "RUNTIMES", "Runtime", "is_quantized", "lower", "runtimes_for"]
@@ -24,6 +25,7 @@ class Runtime(NamedTuple):
     lower: Callable[..., Lowered]
     description: str
     accepts: str  # "float" | "quantized"
+    applies: Callable[[nn.Module], bool] | None = None  # worth trying on this model? (None: always)
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -32,6 +34,8 @@ RUNTIMES: dict[str, Runtime] = {
     "ort": Runtime(lower_ort, "ONNX Runtime CPU FP32 (dynamo ONNX export, all graph optimizations)", "float"),
     "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels", "quantized"),
     "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized"),
+    "eager-sparse": Runtime(lower_sparse_eager, "PyTorch eager FP32 with torch CSR/BSR Linear layers where measured "
+                            "faster than dense", "float", has_sparse_linear),
 }
 
 
@@ -44,7 +48,7 @@ def is_quantized(model: nn.Module) -> bool:
 def runtimes_for(model: nn.Module) -> list[str]:
     """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
     kind = "quantized" if is_quantized(model) else "float"
-    return [name for name, rt in RUNTIMES.items() if rt.accepts == kind]
+    return [name for name, rt in RUNTIMES.items() if rt.accepts == kind and (rt.applies is None or rt.applies(model))]
 
 
 def _check_fp32(model: nn.Module, runtime: str) -> None:
