@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.utils.parametrize  # noqa: F401  (is_parametrized)
 
 from effdl.core.errors import ArtifactError, ModelError
 
@@ -86,9 +87,12 @@ def layer_sparsity(model: torch.nn.Module) -> dict[str, dict[str, float]]:
     for name, m in model.named_modules():
         w = getattr(m, "weight", None)
         if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)) and isinstance(w, torch.Tensor):
-            if id(w) in seen:
+            # a masked (parametrized) weight is recomputed on access: identify it by its stored original
+            parametrized = torch.nn.utils.parametrize.is_parametrized(m, "weight")
+            key = id(m.parametrizations.weight.original) if parametrized else id(w)
+            if key in seen:
                 continue
-            seen.add(id(w))
+            seen.add(key)
             n = w.numel()
             out[name or "(root)"] = {"params": n, "sparsity": float((w == 0).sum()) / max(n, 1)}
     return out

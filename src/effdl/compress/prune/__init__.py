@@ -1,12 +1,17 @@
 """Pruning techniques (importing registers them)."""
+from .distribution import allocate, sensitivity_analysis
+from .granularity import Granularity
 from .lottery import LotteryConfig, find_ticket, lottery_history
 from .magnitude import MagnitudeConfig, prune_to
 from .sparse_training import SparseTrainingConfig
+from .weights import WeightPruneConfig, layer_sparsity
 
 Magnitude = MagnitudeConfig
+Weights = WeightPruneConfig
 Lottery = LotteryConfig
 SparseTraining = SparseTrainingConfig
 __all__ = [
-    "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining", "SparseTrainingConfig",
-    "find_ticket", "lottery_history", "prune_to",
+    "Granularity", "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining",
+    "SparseTrainingConfig", "WeightPruneConfig", "Weights", "allocate", "find_ticket", "layer_sparsity",
+    "lottery_history", "prune_to", "sensitivity_analysis",
 ]

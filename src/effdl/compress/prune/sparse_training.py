@@ -26,9 +26,9 @@ from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, ModelError
 from ...core.registry import register
 from ...core.scope import weighted_layers
+from .distribution import PRUNABLE
 from .erk import erk_densities, nonzeros_per_layer
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 Masks = dict[str, torch.Tensor]  # layer name -> bool mask shaped like its weight
 
 

@@ -1,0 +1,138 @@
+"""prune.weights: unstructured / semi-structured weight pruning, every saliency x granularity x
+distribution x schedule (see saliency.py, granularity.py, distribution.py, schedule.py).
+
+Masks are attached as parametrizations for the whole run (fine-tuning and gradual training see
+pruned weights as exact zeros and cannot regrow them) and folded into plain weights at the end.
+
+Already-sparse models: existing exact zeros count toward the target (they score lowest and are
+removed first), so pruning a 50%-sparse model to 60% removes 10% more; asking for less sparsity than
+the model already has removes nothing and revives nothing. Applying the same config twice is a
+no-op on the weights (idempotent).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from ...core.config import TechniqueConfig
+from ...core.errors import ConfigError
+from ...core.registry import register
+from . import masks as masklib
+from . import saliency as sal
+from .distribution import build_masks, prunable_layers, sensitivity_analysis
+from .granularity import Granularity
+from .schedule import epochs_to_steps, iterative_targets, train_gradual
+
+log = logging.getLogger(__name__)
+
+
+class WeightPruneConfig(TechniqueConfig):
+    """Weight pruning: saliency, granularity, distribution and schedule."""
+
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of the prunable weights set to zero (N:M: must be 1 - n/m)")
+    saliency: Literal["l1", "l2", "random", "taylor", "obd"] = Field("l1", description="what to remove first")
+    obd_method: Literal["auto", "exact", "fisher", "hutchinson"] = Field("auto", description="Hessian diagonal for obd")
+    saliency_batches: int = Field(4, ge=1, le=1000, description="training batches for the data saliencies")
+    granularity: Literal["unstructured", "n:m", "block"] = "unstructured"
+    n: int = Field(2, ge=1, description="N of N:M (weights kept per group)")
+    m: int = Field(4, ge=2, description="M of N:M (group length along the input dimension)")
+    block: tuple[int, int] = Field((1, 4), description="block shape (rows, cols) for granularity 'block'")
+    distribution: Literal["global", "uniform", "sensitivity", "erk"] = Field("global", description="how much sparsity where")
+    sensitivity_ratios: tuple[float, ...] = Field((0.3, 0.5, 0.7, 0.8, 0.9, 0.95), description="ratios of the sensitivity analysis")
+    schedule: Literal["oneshot", "iterative", "gradual"] = "oneshot"
+    rounds: int = Field(3, ge=1, le=50, description="pruning rounds for the iterative schedule")
+    initial_sparsity: float = Field(0.0, ge=0.0, lt=1.0, description="gradual: s_i at the first pruning step")
+    start_epoch: float = Field(0.0, ge=0.0, description="gradual: t0, in epochs of training")
+    prune_epochs: float = Field(2.0, gt=0.0, description="gradual: n*dt, epochs over which sparsity ramps to the target")
+    frequency: int = Field(10, ge=1, description="gradual: dt, optimizer steps between mask updates")
+    finetune_epochs: float = Field(0.0, ge=0.0, description="fine-tuning epochs after pruning (per round when iterative; after the ramp when gradual)")
+    lr: float = Field(1e-3, gt=0.0)
+    exclude: tuple[str, ...] = Field((), description="module-name glob patterns left dense")
+    protect_first_last: bool = Field(False, description="keep the first prunable layer (first conv) and the classifier dense")
+    seed: int = Field(0, ge=0, description="seed of the random saliency and the Hutchinson probes (training uses the Task's seed)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        Granularity(self.granularity, self.n, self.m, self.block)  # N >= M, bad blocks
+        if self.granularity == "n:m" and abs(self.sparsity - (1 - self.n / self.m)) > 1e-9:
+            raise ValueError(f"{self.n}:{self.m} sparsity is fixed at {1 - self.n / self.m}: set sparsity={1 - self.n / self.m}")
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError("initial_sparsity must not exceed sparsity (the gradual schedule only prunes)")
+        if any(not 0.0 <= r < 1.0 for r in self.sensitivity_ratios) or not self.sensitivity_ratios:
+            raise ValueError("sensitivity_ratios must be non-empty and each in [0, 1)")
+        return self
+
+
+def _needs(cfg: WeightPruneConfig) -> str:
+    data = (cfg.finetune_epochs > 0 or cfg.schedule == "gradual" or cfg.distribution == "sensitivity"
+            or sal.needs_data(cfg.saliency))
+    return "training" if data else "nothing"
+
+
+class _Pruner:
+    """Recomputes the masks of a model at a target sparsity (scores -> distribution -> masks)."""
+
+    def __init__(self, model: nn.Module, cfg: WeightPruneConfig, task) -> None:
+        self.model, self.cfg, self.task = model, cfg, task
+        self.gran = Granularity(cfg.granularity, cfg.n, cfg.m, tuple(cfg.block))
+        self.names = [n for n, _ in prunable_layers(model, cfg.exclude, cfg.protect_first_last)]
+        for name, m in self._layers(model):
+            self.gran.check(name, m.weight)
+        self.curves = None
+        if cfg.distribution == "sensitivity" and self.gran.kind != "n:m":
+            self.curves = sensitivity_analysis(model, task, cfg.sensitivity_ratios, cfg.saliency, self.gran,
+                                               exclude=cfg.exclude, protect_first_last=cfg.protect_first_last,
+                                               seed=cfg.seed)
+            log.info("sensitivity curves: %s", self.curves)
+
+    def _layers(self, model):
+        mods = dict(model.named_modules())
+        return [(n, mods[n]) for n in self.names]
+
+    def __call__(self, target: float) -> None:
+        cfg = self.cfg
+        scored = self.model
+        if sal.needs_data(cfg.saliency) and masklib.masks_of(self.model):
+            scored = masklib.fold(copy.deepcopy(self.model))  # gradients need plain leaf weights
+        with torch.enable_grad():
+            scores = sal.compute(scored, self.names, cfg.saliency, task=self.task, n_batches=cfg.saliency_batches,
+                                 seed=cfg.seed, obd_method=cfg.obd_method)
+        with torch.no_grad():
+            layers = self._layers(self.model)  # effective (masked) weights: pruned ones are zero
+            new = build_masks(layers, scores, target, self.gran, cfg.distribution,
+                              sal.group_reduce(cfg.saliency), self.curves)
+        masklib.update(self.model, new, monotone=True)
+
+
+@register("prune.weights", WeightPruneConfig, needs=_needs)
+def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
+    """Weight pruning (unstructured, N:M, blocks; any saliency, distribution and schedule)."""
+    if type(model).__name__ == "QuantizedModel":
+        raise ConfigError(f"{cfg.technique} must come before quantize.ptq in a recipe (the model is already quantized)")
+    pruner = _Pruner(model, cfg, task)
+    try:
+        if cfg.schedule == "gradual":
+            per_epoch = len(task.loader("train"))
+            start = epochs_to_steps(cfg.start_epoch, per_epoch)
+            ramp = max(cfg.frequency, epochs_to_steps(cfg.prune_epochs, per_epoch))
+            n = max(1, ramp // cfg.frequency)
+            total = start + n * cfg.frequency + 1 + epochs_to_steps(cfg.finetune_epochs, per_epoch)
+            train_gradual(model, task, pruner, final=cfg.sparsity, initial=cfg.initial_sparsity, start=start,
+                          n=n, every=cfg.frequency, total_steps=total, lr=cfg.lr)
+        else:
+            targets = iterative_targets(cfg.sparsity, cfg.rounds) if cfg.schedule == "iterative" else [cfg.sparsity]
+            for target in targets:
+                pruner(target)
+                if cfg.finetune_epochs > 0:
+                    task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
+    finally:
+        masklib.fold(model)
+    return model.eval()
+
+
+layer_sparsity = masklib.layer_sparsity
