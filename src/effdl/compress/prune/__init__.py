@@ -4,13 +4,17 @@ from .granularity import Granularity
 from .lottery import LotteryConfig, find_ticket, lottery_history
 from .magnitude import MagnitudeConfig, prune_to
 from .sparse_training import SparseTrainingConfig
+from .structured import ChannelPruneConfig, LayerPruneConfig, rebuild, structure_of
 from .weights import WeightPruneConfig, layer_sparsity
 
 Magnitude = MagnitudeConfig
 Weights = WeightPruneConfig
 Lottery = LotteryConfig
 SparseTraining = SparseTrainingConfig
+Channels = ChannelPruneConfig
+Layers = LayerPruneConfig
 __all__ = [
+    "ChannelPruneConfig", "Channels", "LayerPruneConfig", "Layers", "rebuild", "structure_of",
     "Granularity", "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining",
     "SparseTrainingConfig", "WeightPruneConfig", "Weights", "allocate", "find_ticket", "layer_sparsity",
     "lottery_history", "prune_to", "sensitivity_analysis",
