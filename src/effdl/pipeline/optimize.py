@@ -14,6 +14,7 @@ import torch.nn as nn
 from .. import __version__
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
+from ..compress.prune import structure_of
 from ..core.registry import apply
 from ..metrics.env import environment
 from ..metrics.measure import (
@@ -65,6 +66,8 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
         model = cache.build(spec.recipe.steps)
         fp = static_footprint(model, task, cdir / "model.safetensors")
         result["layers"] = fp.pop("layers")
+        # layer shapes, so a structurally pruned model reloads without pickle (prune.structure_of / rebuild)
+        write_json(cdir / "structure.json", structure_of(getattr(model, "float_model", model)))
     except Exception as exc:  # a candidate that raises is recorded and the study goes on
         result["reason"] = f"building the candidate failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -90,7 +93,8 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
     quality = runtime_quality(res, task, batch_size)
     fp.update(runtime_footprint(res, task, batch_size))
     result.update(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp)
-    result["artifacts"] = {"model": str((cdir / "model.safetensors").relative_to(out_dir))}
+    result["artifacts"] = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
+                           "structure": str((cdir / "structure.json").relative_to(out_dir))}
     if res.lowered.artifact is not None:
         result["artifacts"]["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
     else:
@@ -232,8 +236,9 @@ def export_chosen(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     files = {}
+    names = {"model": "model.safetensors", "onnx": "model.onnx", "structure": "structure.json"}
     for kind, rel in cand.get("artifacts", {}).items():
-        dst = staging / ("model.safetensors" if kind == "model" else "model.onnx")
+        dst = staging / names[kind]
         shutil.copyfile(out_dir / rel, dst)
         files[dst.name] = sha256_file(dst)
     recipe = {"base_model": results["model"], "data": results["data"], "steps": cand["recipe"],

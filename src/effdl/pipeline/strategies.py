@@ -1,7 +1,7 @@
 """Candidate grids for the practitioner's strategies (survey / seed 003).
 
-shrink-and-improve (footprint-sensitive): shrink the trained model with compression (pruning at
-several sparsities, INT8), then improve the shrunken model with learning (distillation from the
+shrink-and-improve (footprint-sensitive): shrink the trained model with compression (unstructured
+pruning at several sparsities, structured channel pruning, INT8), then improve the shrunken model with learning (distillation from the
 uncompressed model), and combine them in the textbook's order: prune -> distill -> quantize.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..compress.prune import MagnitudeConfig
+from ..compress.prune import ChannelPruneConfig, MagnitudeConfig
 from ..compress.quantize import PTQConfig
 from ..core.errors import ConfigError, suggest
 from ..learn import DistillConfig
@@ -34,6 +34,7 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
     p50 = MagnitudeConfig(sparsity=0.5, finetune_epochs=finetune_epochs)
     p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
     p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
+    ch50 = ChannelPruneConfig(ratio=0.5, finetune_epochs=finetune_epochs)
     kd = DistillConfig(epochs=distill_epochs, lr=1e-3)
     q = PTQConfig()
     qp = PTQConfig(calibration="percentile", percentile=99.99)
@@ -49,6 +50,9 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
         ("prune 50% + int8", (p50, q), None),
         ("prune 80% + distill + int8", (p80, kd, q), None),
         ("prune 90% + distill + int8", (p90, kd, q), None),
+        # structured: channels/neurons physically removed, so every runtime does less work
+        ("channels -50% + distill", (ch50, kd), None),
+        ("channels -50% + distill + int8", (ch50, kd, q), None),
     ]
     return [CandidateSpec(f"c{i:02d}", label, Recipe(steps), rts) for i, (label, steps, rts) in enumerate(grid)]
 
