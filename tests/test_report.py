@@ -330,3 +330,15 @@ def test_sparsity_heatmap_and_curves(results):
     assert list(line.x) == pytest.approx([0.0, 1 - 12_400 / 61_706])
     assert list(line.y) == [0.984, 0.983]
     assert "plot-heatmap" in render_html(results)
+
+
+def test_sensitivity_curves_from_records(results):
+    from effdl.report.sparsity import sensitivity_figure
+
+    assert sensitivity_figure(load_view(results)) is None
+    c02 = results["candidates"][2]
+    c02["records"] = {"sensitivity": {"conv1": [[0.5, 0.001], [0.3, 0.0]], "fc1": [[0.3, 0.0], [0.5, 0.002]]}}
+    traces = {t.name: t for t in sensitivity_figure(load_view(results)).data}
+    # sorted by ratio; drops shown in points (fraction x 100)
+    assert list(traces["conv1"].x) == [0.3, 0.5] and list(traces["conv1"].y) == [0.0, 0.1]
+    assert list(traces["fc1"].y) == [0.0, 0.2]

@@ -15,6 +15,7 @@ from .. import __version__
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
 from ..compress.prune import structure_of
+from ..core.records import records
 from ..core.registry import apply
 from ..metrics.env import environment
 from ..metrics.measure import (
@@ -66,6 +67,8 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
         model = cache.build(spec.recipe.steps)
         fp = static_footprint(model, task, cdir / "model.safetensors")
         result["layers"] = fp.pop("layers")
+        if records(model):  # e.g. sensitivity curves, lottery history: drawn by the report
+            result["records"] = records(model)
         # layer shapes, so a structurally pruned model reloads without pickle (prune.structure_of / rebuild)
         write_json(cdir / "structure.json", structure_of(getattr(model, "float_model", model)))
     except Exception as exc:  # a candidate that raises is recorded and the study goes on

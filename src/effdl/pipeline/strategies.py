@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..compress.prune import ChannelPruneConfig, MagnitudeConfig
+from ..compress.prune import ChannelPruneConfig, MagnitudeConfig, WeightPruneConfig
 from ..compress.quantize import PTQConfig
 from ..core.errors import ConfigError, suggest
 from ..learn import DistillConfig
@@ -35,6 +35,9 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
     p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
     p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
     ch50 = ChannelPruneConfig(ratio=0.5, finetune_epochs=finetune_epochs)
+    # Zhu-Gupta gradual ramp with per-layer budgets from a sensitivity analysis (its curves go in the report)
+    g90 = WeightPruneConfig(sparsity=0.9, distribution="sensitivity", schedule="gradual", prune_epochs=2.0,
+                            finetune_epochs=finetune_epochs)
     kd = DistillConfig(epochs=distill_epochs, lr=1e-3)
     q = PTQConfig()
     qp = PTQConfig(calibration="percentile", percentile=99.99)
@@ -50,6 +53,7 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
         ("prune 50% + int8", (p50, q), None),
         ("prune 80% + distill + int8", (p80, kd, q), None),
         ("prune 90% + distill + int8", (p90, kd, q), None),
+        ("prune 90% gradual, sensitivity-allocated", (g90,), None),
         # structured: channels/neurons physically removed, so every runtime does less work
         ("channels -50% + distill", (ch50, kd), None),
         ("channels -50% + distill + int8", (ch50, kd, q), None),

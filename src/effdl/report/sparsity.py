@@ -76,8 +76,28 @@ def curve_figure(view: View) -> go.Figure | None:
 
 
 def sparsity_section(view: View) -> str:
-    figs = [(f, i) for f, i in ((heatmap_figure(view), "plot-heatmap"), (curve_figure(view), "plot-sparsity")) if f]
+    figs = [(f, i) for f, i in ((heatmap_figure(view), "plot-heatmap"), (curve_figure(view), "plot-sparsity"),
+                                (sensitivity_figure(view), "plot-sensitivity")) if f]
     if not figs:
         return ""
     return ("<section><h2>Sparsity</h2>" + "".join(f'<div class="plot">{figure_html(f, i)}</div>' for f, i in figs)
             + "</section>")
+
+
+def sensitivity_figure(view: View) -> go.Figure | None:
+    """Per-layer sensitivity curves (quality drop when that layer alone is pruned to each ratio), from
+    the first candidate whose pruning allocated its budget by sensitivity analysis."""
+    cand = next((c for c in view.candidates if (c.get("records") or {}).get("sensitivity")), None)
+    if cand is None:
+        return None
+    fig = go.Figure()
+    for layer, pts in cand["records"]["sensitivity"].items():
+        pts = sorted(pts)
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] * 100 for p in pts], mode="lines+markers",
+                                 name=esc(layer)))
+    fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
+                      title=f"sensitivity of each layer pruned alone ({esc(cand['id'])} {esc(cand.get('label'))})",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    fig.update_xaxes(title="fraction of the layer's weights removed", tickformat=".0%")
+    fig.update_yaxes(title=f"{esc(view.metric)} drop (points, validation)")
+    return fig

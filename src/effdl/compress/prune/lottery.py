@@ -22,10 +22,10 @@ from pydantic import Field
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
+from ...core.records import attach, records
 from ...core.registry import register
 from .sparse_training import Masks, apply_masks, masked_train, prunable_layers, reinitialise
 
-HISTORY_ATTR = "_effdl_lottery_history"
 #: seed offset of the random-reinit control's weights, so they differ from theta_0's draw
 CONTROL_SEED_OFFSET = 1_000_003
 
@@ -152,7 +152,7 @@ def find_ticket(
 
 def lottery_history(model: nn.Module) -> dict[str, Any]:
     """The per-round history ``prune.lottery`` attached to its result."""
-    hist = model.__dict__.get(HISTORY_ATTR)
+    hist = records(model).get("lottery")
     if hist is None:
         raise ConfigError("this model carries no lottery history: it was not produced by prune.lottery")
     return hist
@@ -163,5 +163,5 @@ def lottery(model: nn.Module, cfg: LotteryConfig, task) -> nn.Module:
     """Lottery-ticket search: iterative magnitude pruning with rewinding (init or early step k)."""
     final, history = find_ticket(model, task, cfg)
     # A plain dict in the instance __dict__, not a module or buffer: state_dict and saving ignore it.
-    final.__dict__[HISTORY_ATTR] = history
+    attach(final, "lottery", history)
     return final

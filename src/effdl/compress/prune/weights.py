@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
+from ...core.records import attach
 from ...core.registry import register
 from . import masks as masklib
 from . import saliency as sal
@@ -132,6 +133,8 @@ def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
                     task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
     finally:
         masklib.fold(model)
+    if pruner.curves is not None:  # for the report's sensitivity plot
+        attach(model, "sensitivity", {name: [list(p) for p in pts] for name, pts in pruner.curves.items()})
     return model.eval()
 
 
