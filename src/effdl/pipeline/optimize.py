@@ -111,9 +111,10 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
 def _choose(cands, baseline, metric, max_drop, target, tie_tolerance):
     """The feasible candidate with the lowest target footprint.
 
-    Latencies within ``tie_tolerance`` (relative) of the fastest are measurement noise, not a real
-    difference (a dense and a pruned FP32 model run the same kernels), so those count as tied and
-    the tie goes to the smaller file, then the higher quality. Sizes are exact: no tolerance.
+    Latencies within ``tie_tolerance`` (relative) of the fastest, or within the fastest candidate's
+    own p50-p90 spread, are measurement noise, not a real difference (a dense and a pruned FP32
+    model run the same kernels), so those count as tied and the tie goes to the smaller file, then
+    the higher quality. Sizes are exact: no tolerance.
     """
     key, other = TARGETS[target], TARGETS["size" if target == "latency" else "latency"]
     ok = [c for c in cands if c["status"] == "ok"]
@@ -121,16 +122,20 @@ def _choose(cands, baseline, metric, max_drop, target, tie_tolerance):
     feasible = [c for c in ok if base_val - c["quality_val"][metric] <= max_drop + 1e-12]
     if not feasible:
         return None, f"no candidate is within {max_drop * 100:.2f} points of the baseline's validation {metric}"
-    lowest = min(c["footprint"][key] for c in feasible)
+    best_c = min(feasible, key=lambda c: c["footprint"][key])
+    lowest = best_c["footprint"][key]
     tol = tie_tolerance if target == "latency" else 0.0
-    tied = [c for c in feasible if c["footprint"][key] <= lowest * (1 + tol)]
+    band = lowest * (1 + tol)
+    if target == "latency":  # the fastest candidate's own p50-p90 spread is noise too
+        band = max(band, best_c["footprint"].get("latency_ms_p90", lowest))
+    tied = [c for c in feasible if c["footprint"][key] <= band]
     best = min(tied, key=lambda c: (c["footprint"][other], -c["quality_val"][metric]))
     drop = base_val - best["quality_val"][metric]
     why = (f"lowest {key} among {len(feasible)} candidates within {max_drop * 100:.2f} points of the baseline's "
            f"validation {metric} (its drop: {drop * 100:.2f} points)")
     if len(tied) > 1:
-        why += (f"; {len(tied)} candidates were within {tol * 100:.0f}% of the lowest {key} (measurement noise), "
-                f"so the lowest {other} among them was taken")
+        why += (f"; {len(tied)} candidates were within the noise of the lowest {key} (max of {tol * 100:.0f}% "
+                f"and the fastest's p90), so the lowest {other} among them was taken")
     return best["id"], why
 
 
