@@ -114,6 +114,7 @@ def test_apply_recipe_saves_and_measures(tmp_path):
     assert m["status"] == "ok"
     assert m["footprint"]["nonzero_params"] < 0.55 * m["footprint"]["params"]
     assert (out / "model.safetensors").is_file() and (out / "recipe.json").is_file()
+    assert json.loads((out / "structure.json").read_text())["layers"]["1"]["out_features"] == 300
     assert not [p for p in out.rglob("*.tmp")]
 
 

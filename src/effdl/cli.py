@@ -169,6 +169,7 @@ def apply_cmd(
 ) -> None:
     """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON)."""
     _steady_allocator()
+    from .compress.prune import structure_of
     from .core.errors import ConfigError
     from .core.io import write_json
     from .metrics.measure import measure
@@ -184,8 +185,11 @@ def apply_cmd(
     m = measure(task, result, runtime=runtime, workdir=out_dir)
     write_json(out_dir / "measurement.json", m)
     write_json(out_dir / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
+    # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
+    write_json(out_dir / "structure.json", structure_of(getattr(result, "float_model", result)))
     _print_measurement(m)
-    out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'recipe.json'}", highlight=False)
+    out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'structure.json'}, {out_dir / 'recipe.json'}",
+              highlight=False)
 
 
 @app.command()
