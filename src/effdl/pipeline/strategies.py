@@ -34,6 +34,8 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
     p50 = MagnitudeConfig(sparsity=0.5, finetune_epochs=finetune_epochs)
     p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
     p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
+    # one-shot at the same final sparsity and the same total fine-tuning budget: the iterative-vs-one-shot pair
+    p90_once = MagnitudeConfig(sparsity=0.9, finetune_epochs=4 * finetune_epochs)
     ch50 = ChannelPruneConfig(ratio=0.5, finetune_epochs=finetune_epochs)
     # Zhu-Gupta gradual ramp with per-layer budgets from a sensitivity analysis (its curves go in the report)
     g90 = WeightPruneConfig(sparsity=0.9, distribution="sensitivity", schedule="gradual", prune_epochs=2.0,
@@ -47,6 +49,7 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
         ("prune 50%", (p50,), None),
         ("prune 80% iterative", (p80,), None),
         ("prune 90% iterative", (p90,), None),
+        ("prune 90% one-shot (same budget)", (p90_once,), None),
         ("prune 90% + distill", (p90, kd), None),
         ("int8 PTQ (min-max)", (q,), None),
         ("int8 PTQ (percentile)", (qp,), None),
