@@ -133,3 +133,15 @@ def load_factory(spec: str, what: str = "factory") -> Callable[..., Any]:
     if not callable(fn):
         raise ConfigError(f"{file!r} has no callable named {name!r}")
     return fn
+
+
+def call_factory(spec: str, what: str, error: type[Exception]):
+    """Import ``path/to/file.py:name`` and call it; any failure becomes ``error`` naming the spec."""
+    try:
+        fn = load_factory(spec, what)
+    except ConfigError as exc:
+        raise error(str(exc)) from None
+    try:
+        return fn()
+    except Exception as exc:  # the user's code: report whatever it raised, with the spec
+        raise error(f"{spec}: the factory raised {type(exc).__name__}: {exc}") from None

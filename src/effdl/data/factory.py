@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..core.errors import ConfigError, DataError
-from ..core.io import load_factory
+from ..core.errors import DataError
+from ..core.io import call_factory
 from .splits import Splits
 
 
@@ -39,14 +39,7 @@ def _check_split(spec: str, split: str, ds) -> tuple:
 
 
 def load_factory_data(spec: str, seed: int = 0) -> Splits:
-    try:
-        fn = load_factory(spec, "data factory")
-    except ConfigError as exc:
-        raise DataError(str(exc)) from None
-    try:
-        out = fn()
-    except Exception as exc:
-        raise DataError(f"{spec}: the factory raised {type(exc).__name__}: {exc}") from None
+    out = call_factory(spec, "data factory", DataError)
     if not (isinstance(out, (tuple, list)) and len(out) == 3):
         raise DataError(f"{spec}: the factory must return (train, val, test) datasets, got {type(out).__name__}")
     checked = [_check_split(spec, s, ds) for s, ds in zip(("train", "val", "test"), out)]

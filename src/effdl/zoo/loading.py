@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..core.errors import ConfigError, ModelError, suggest
-from ..core.io import load_factory, load_state_into, load_weights
+from ..core.errors import ModelError, suggest
+from ..core.io import call_factory, load_state_into, load_weights
 from ..data import Splits
 from .pretrained import trained
 from .registry import ZOO, build
@@ -30,14 +30,7 @@ def load_model(spec: str, data: Splits, weights: str | None = None, allow_pickle
             hint = f" Did you mean 'zoo:{spec}'?" if spec in ZOO else suggest(spec, [f"zoo:{n}" for n in ZOO])
             raise ModelError(f"model spec {spec!r} must be zoo:<name> (one of {sorted(ZOO)}) "
                              f"or path/to/file.py:factory.{hint}")
-        try:
-            factory = load_factory(spec, "model factory")
-        except ConfigError as exc:
-            raise ModelError(str(exc)) from None
-        try:
-            model = factory()
-        except Exception as exc:
-            raise ModelError(f"{spec}: the factory raised {type(exc).__name__}: {exc}") from None
+        model = call_factory(spec, "model factory", ModelError)
         if not isinstance(model, nn.Module):
             raise ModelError(f"{spec}: the factory must return a torch nn.Module, got {type(model).__name__}")
     if weights is not None:
