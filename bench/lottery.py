@@ -12,8 +12,9 @@ random-reinit control degrades earlier.
 """
 from __future__ import annotations
 
+from _publish import environment_block, publish
+
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,7 @@ def render(runs: list[dict], meta: dict) -> str:
     ok_control = summary["control"] is not None and summary["ticket"] > summary["control"]
     lines += ["", f"At {summary['remaining']:.1%} of the weights: ticket {summary['ticket']:.4f} vs dense {dense:.4f} "
               f"({100 * (summary['ticket'] - dense):+.2f} pt; target within 0.5 pt: {'met' if ok_dense else 'NOT met'}), "
-              f"vs random reinit {summary['control']:.4f} (target ticket better: {'met' if ok_control else 'NOT met'}).",
-              "", "## Environment", "", "```json", json.dumps(meta["environment"], indent=1), "```", ""]
+              f"vs random reinit {summary['control']:.4f} (target ticket better: {'met' if ok_control else 'NOT met'})."] + environment_block(meta)
     meta["targets"] = {"within_0.5pt_of_dense": ok_dense, "beats_random_reinit": ok_control}
     return "\n".join(lines)
 
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from effdl.core.io import atomic_write, write_json
     from effdl.metrics.env import environment
 
     torch.set_num_threads(args.threads)
@@ -101,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"), "wall_s": time.perf_counter() - start,
             "environment": environment(threads=args.threads)}
     text = render(runs, meta)
-    print(text)
-    atomic_write(args.out, text)
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "runs": runs})
+    publish(args.out, text, {"meta": meta, "runs": runs})
     return 0
 
 

@@ -16,6 +16,8 @@ method sees; each number is one seeded run (noise between seeds is about 0.2-0.4
 """
 from __future__ import annotations
 
+from _publish import environment_block, publish
+
 import argparse
 import copy
 import json
@@ -166,8 +168,7 @@ def render(res: dict, meta: dict) -> str:
           "one-shot equals torch's by construction (the same global L1 ranking and the same training loop); the gradual "
           "schedule is the part that differs. "
           "Pruned weights are zeros in dense tensors: no speed-up from these models by themselves "
-          "(see the storage and sparse-execution sections of the report for what they gain).", "",
-          "## Environment", "", "```json", json.dumps(meta["environment"], indent=1), "```", ""]
+          "(see the storage and sparse-execution sections of the report for what they gain)."] + environment_block(meta)
     return "\n".join(L)
 
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from effdl.core.io import atomic_write, write_json
+    from effdl.core.io import atomic_write
     from effdl.metrics.env import environment
 
     torch.set_num_threads(args.threads)
@@ -196,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(MODES[name], lambda s: print(s, flush=True))
     meta = {"mode_name": name, "mode": MODES[name], "seconds": time.perf_counter() - start,
             "environment": environment(threads=args.threads)}
-    atomic_write(args.out, render(res, meta))
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "results": res})
+    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
     print(f"wrote {args.out}")
     return 0
 

@@ -11,8 +11,9 @@ CPU load during the run is measured and printed: timings taken on a busy machine
 """
 from __future__ import annotations
 
+from _publish import environment_block, publish
+
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -176,7 +177,7 @@ def render(results: list[dict], meta: dict) -> str:
         for rt, e in res.get("runtimes", {}).items():
             detail = e.get("error") or ", ".join(f"{k}={v}" for k, v in e.get("info", {}).items() if v not in ({}, [], None))
             lines.append(f"| {res['model']} | {rt} | {e.get('lower_s', '')} | {detail} |")
-    lines += ["", "## Environment", "", "```json", json.dumps(meta["environment"], indent=1), "```", ""]
+    lines += environment_block(meta)
     return "\n".join(lines)
 
 
@@ -194,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from effdl.core.io import atomic_write, write_json
     from effdl.metrics.env import environment
     from effdl.metrics.latency import timing_environment_warnings
 
@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(threads=args.threads),
     }
     text = render(results, meta)
-    print(text)
-    atomic_write(args.out, text)
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "results": results})
+    publish(args.out, text, {"meta": meta, "results": results})
     return 0
 
 

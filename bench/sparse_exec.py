@@ -11,6 +11,8 @@ faster at 90% / batch 64, 0.8x at batch 1; 99%: 15.7x / 2.3x; COO and 32x32 BSR 
 """
 from __future__ import annotations
 
+from _publish import environment_block, publish
+
 import argparse
 import os
 import statistics
@@ -114,8 +116,7 @@ def render(micro_rows: list[dict], e2e: dict, meta: dict) -> str:
     conv = e2e["converted"]
     lines += ["", ("Converted layers: " + ", ".join(conv)) if conv else
               "No layer was converted: no sparse format beat dense at every batch size, so eager-sparse runs "
-              "the dense model (a sparse model gains nothing in latency here).", "",
-              "## Environment", "", "```json", json.dumps(meta["environment"], indent=1), "```", ""]
+              "the dense model (a sparse model gains nothing in latency here)."] + environment_block(meta)
     return "\n".join(lines)
 
 
@@ -133,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from effdl.core.io import atomic_write, write_json
     from effdl.metrics.env import environment
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             "malloc_env": {k: os.environ.get(k) for k in STEADY_MALLOC_ENV},
             "environment": environment(threads=args.threads)}
     text = render(rows, e2e, meta)
-    print(text)
-    atomic_write(args.out, text)
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "micro": rows, "end_to_end": e2e})
+    publish(args.out, text, {"meta": meta, "micro": rows, "end_to_end": e2e})
     return 0
 
 

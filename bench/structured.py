@@ -12,6 +12,8 @@ MNIST digits as bundled (no padding or upsampling).
 """
 from __future__ import annotations
 
+from _publish import environment_block, publish
+
 import argparse
 import copy
 import os
@@ -125,7 +127,6 @@ def _speedups(res: dict, name: str, b: str) -> dict[str, float]:
 
 
 def render(res: dict, meta: dict) -> str:
-    import json
 
     dense = res["dense"]
     lines = [
@@ -178,7 +179,7 @@ def render(res: dict, meta: dict) -> str:
             ok = res[name]["test_accuracy"] >= tp_acc
             lines.append(f"- {name} vs Torch-Pruning MagnitudePruner at {res[name]['macs'] / res['torch-pruning l1']['macs']:.2f}x "
                          f"its MACs: {res[name]['test_accuracy']:.4f} vs {tp_acc:.4f} ({'at least as accurate' if ok else 'LESS accurate'})")
-    lines += ["", "## Environment", "", "```json", json.dumps(meta["environment"], indent=1), "```", ""]
+    lines += environment_block(meta)
     return "\n".join(lines)
 
 
@@ -199,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from effdl.core.io import atomic_write, write_json
     from effdl.core.task import ImageClassification
     from effdl.data import load_data
     from effdl.metrics.env import environment
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(threads=args.threads),
     }
     text = render(res, meta)
-    print(text)
-    atomic_write(args.out, text)
-    write_json(args.out.with_suffix(".json"), {"meta": meta, "results": res})
+    publish(args.out, text, {"meta": meta, "results": res})
     return 0
 
 
