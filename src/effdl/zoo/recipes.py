@@ -37,7 +37,7 @@ class Recipe:
 FAMILY = {
     "mlp": "mlp", "lenet300_100": "mlp", "lenet5": "lenet5",
     "resnet": "resnet", "resnet8": "resnet", "resnet20": "resnet",
-    "mobilenetv2": "mobilenetv2", "mnist1d_cnn": "mnist1d_cnn",
+    "mobilenetv2": "mobilenetv2", "mnist1d_cnn": "mnist1d_cnn", "encoder": "encoder",
 }
 
 DEFAULTS = {
@@ -49,6 +49,7 @@ DEFAULTS = {
     # The MNIST-1D paper trains with Adam at lr 1e-2. 100 epochs here: 92.7-93.4% over three init
     # seeds (150 epochs: no better; batch 128: ~90%). Paper: 94%.
     "mnist1d_cnn": Recipe(epochs=100, lr=1e-2),
+    "encoder": Recipe(epochs=20, lr=1e-3, weight_decay=1e-4),
 }
 
 OVERRIDES: dict[tuple[str, str], dict] = {

@@ -13,6 +13,7 @@ from .lenet import lenet5
 from .mlp import mlp
 from .mobilenet import mobilenetv2
 from .resnet import resnet
+from .transformer import encoder
 
 
 class ZooEntry(NamedTuple):
@@ -45,6 +46,7 @@ ZOO: dict[str, ZooEntry] = {
     "resnet8": _entry(_fixed_depth(8), "ResNet-8 (CIFAR family), widths 16/32/64"),
     "resnet20": _entry(_fixed_depth(20), "ResNet-20 (CIFAR family), widths 16/32/64"),
     "mobilenetv2": _entry(mobilenetv2, "MobileNetV2-style inverted residuals with ReLU6, sized for small inputs"),
+    "encoder": _entry(encoder, "BERT/MiniLM-shaped post-LN encoder over patch tokens (2 layers, 4 heads, dim 64)"),
     "mnist1d_cnn": _entry(mnist1d_cnn, "the MNIST-1D paper's CNN: 3 conv1d of 25 channels, k5 s2"),
 }
 

@@ -1,6 +1,7 @@
 """Pruning techniques (importing registers them)."""
 from .distribution import allocate, sensitivity_analysis
 from .granularity import Granularity
+from .heads import HeadPruneConfig, head_counts, head_sites
 from .lottery import LotteryConfig, find_ticket, lottery_history
 from .magnitude import MagnitudeConfig, prune_to
 from .sparse_training import SparseTrainingConfig
@@ -13,9 +14,10 @@ Lottery = LotteryConfig
 SparseTraining = SparseTrainingConfig
 Channels = ChannelPruneConfig
 Layers = LayerPruneConfig
+Heads = HeadPruneConfig
 __all__ = [
     "ChannelPruneConfig", "Channels", "LayerPruneConfig", "Layers", "rebuild", "structure_of",
-    "Granularity", "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining",
+    "Granularity", "HeadPruneConfig", "Heads", "head_counts", "head_sites", "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining",
     "SparseTrainingConfig", "WeightPruneConfig", "Weights", "allocate", "find_ticket", "layer_sparsity",
     "lottery_history", "prune_to", "sensitivity_analysis",
 ]

@@ -26,6 +26,9 @@ _SHAPE_ATTRS = {  # module type -> the attributes that change with pruning
     "linear": ("in_features", "out_features"),
     "bn": ("num_features",),
 }
+# Plain int attributes that count attention heads (effdl's zoo encoder; Hugging Face BERT): they
+# change with prune.heads and the forward reads them, so the structure records them too.
+_HEAD_ATTRS = ("num_heads", "num_attention_heads", "all_head_size")
 
 
 def _kind(m: nn.Module) -> str | None:
@@ -166,17 +169,21 @@ def strip_graph_state(model: nn.Module) -> nn.Module:
 
 # -- pickle-free persistence of the pruned shapes -----------------------------------------------
 def structure_of(model: nn.Module) -> dict[str, Any]:
-    """Per-module shapes of Conv/Linear/BN layers and the names of Identity modules (blocks removed
-    by prune.layers), as JSON-ready data."""
+    """Per-module shapes of Conv/Linear/BN layers, head counts of attention modules and the names of
+    Identity modules (blocks removed by prune.layers), as JSON-ready data."""
     layers: dict[str, dict[str, Any]] = {}
     identities = []
+    heads: dict[str, dict[str, int]] = {}
     for name, m in model.named_modules():
         kind = _kind(m)
         if kind is not None:
             layers[name] = {"type": type(m).__name__, **{a: int(getattr(m, a)) for a in _SHAPE_ATTRS[kind]}}
         elif isinstance(m, nn.Identity) and name:
             identities.append(name)
-    return {"format": STRUCTURE_FORMAT, "layers": layers, "identities": identities}
+        counts = {a: int(getattr(m, a)) for a in _HEAD_ATTRS if isinstance(getattr(m, a, None), int)}
+        if counts:
+            heads[name] = counts
+    return {"format": STRUCTURE_FORMAT, "layers": layers, "identities": identities, "heads": heads}
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -226,6 +233,15 @@ def rebuild(fresh_model: nn.Module, structure: dict[str, Any]) -> nn.Module:
         if not isinstance(current, nn.Identity):
             _set_module(fresh_model, name, nn.Identity())
             removed.append(name)
+    for name, counts in structure.get("heads", {}).items():
+        try:
+            holder = fresh_model.get_submodule(name)
+        except AttributeError:
+            raise ArtifactError(f"structure records attention heads of {name!r}, which the fresh model lacks") from None
+        for attr, value in counts.items():
+            if attr not in _HEAD_ATTRS:
+                raise ArtifactError(f"structure sets unknown attribute {attr!r} on {name!r}: the file is corrupt")
+            setattr(holder, attr, int(value))
     layers = structure.get("layers", {})
     for name, m in fresh_model.named_modules():
         if _kind(m) is None:
