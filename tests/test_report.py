@@ -342,3 +342,24 @@ def test_sensitivity_curves_from_records(results):
     # sorted by ratio; drops shown in points (fraction x 100)
     assert list(traces["conv1"].x) == [0.3, 0.5] and list(traces["conv1"].y) == [0.0, 0.1]
     assert list(traces["fc1"].y) == [0.0, 0.2]
+
+
+def test_iterative_vs_one_shot_trajectories(results):
+    from effdl.report.sparsity import trajectory_figure
+
+    assert trajectory_figure(load_view(results)) is None
+    c = {x["id"]: x for x in results["candidates"]}
+    once = [[0.0, 0.0, 0.98, "start"], [0.0, 0.9, 0.60, "prune"], [4.0, 0.9, 0.95, "finetune"]]
+    iters = [[0.0, 0.0, 0.98, "start"], [0.0, 0.5, 0.97, "prune"], [2.0, 0.5, 0.98, "finetune"],
+             [2.0, 0.9, 0.90, "prune"], [4.0, 0.9, 0.97, "finetune"]]
+    c["c02"]["recipe"] = [{"technique": "prune.magnitude"}]
+    c["c02"]["records"] = {"trajectory": {"kind": "weights", "points": iters}}
+    c["c03"]["recipe"] = [{"technique": "prune.magnitude"}, {"technique": "learn.distill"}]
+    c["c03"]["records"] = {"trajectory": {"kind": "weights", "points": iters}}  # reused prefix: drawn once
+    c["c04"]["recipe"] = [{"technique": "prune.magnitude"}]
+    c["c04"]["records"] = {"trajectory": {"kind": "weights", "points": once}}
+    traces = trajectory_figure(load_view(results)).data
+    assert [t.name.split()[0] for t in traces] == ["c02", "c04"]
+    assert list(traces[0].x) == [0.0, 0.0, 2.0, 2.0, 4.0] and list(traces[0].y) == [0.98, 0.97, 0.98, 0.90, 0.97]
+    assert list(traces[1].y) == [0.98, 0.60, 0.95]
+    assert "plot-trajectory" in render_html(results)

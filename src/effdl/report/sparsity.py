@@ -77,6 +77,7 @@ def curve_figure(view: View) -> go.Figure | None:
 
 def sparsity_section(view: View) -> str:
     figs = [(f, i) for f, i in ((heatmap_figure(view), "plot-heatmap"), (curve_figure(view), "plot-sparsity"),
+                                (trajectory_figure(view), "plot-trajectory"),
                                 (sensitivity_figure(view), "plot-sensitivity")) if f]
     if not figs:
         return ""
@@ -100,4 +101,32 @@ def sensitivity_figure(view: View) -> go.Figure | None:
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     fig.update_xaxes(title="fraction of the layer's weights removed", tickformat=".0%")
     fig.update_yaxes(title=f"{esc(view.metric)} drop (points, validation)")
+    return fig
+
+
+def trajectory_figure(view: View) -> go.Figure | None:
+    """Iterative vs one-shot: validation quality after every cut and every fine-tune, against the
+    fine-tuning epochs spent (the textbook's figures 10.5/10.6). Candidates that reuse a pruned
+    prefix carry the same path; each distinct path is drawn once, named by its shortest recipe."""
+    paths: dict[str, tuple[dict, dict]] = {}
+    for c in sorted(view.candidates, key=lambda c: len(c.get("recipe") or [])):
+        rec = (c.get("records") or {}).get("trajectory")
+        if is_ok(c) and rec and rec.get("points"):
+            paths.setdefault(repr(rec["points"]), (c, rec))
+    if not paths:
+        return None
+    fig = go.Figure()
+    for c, rec in paths.values():
+        pts = [p for p in rec["points"] if p[2] is not None]
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[2] for p in pts], mode="lines+markers",
+            name=f"{esc(c['id'])} {esc(c.get('label'))}",
+            text=[f"{esc(p[3])}: {p[1]:.0%} {'weights' if rec.get('kind') == 'weights' else 'channels'} removed"
+                  for p in pts],
+            hovertemplate="%{text}<br>%{x:.2g} fine-tuning epochs<br>%{y:.4f}<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
+                      title="iterative vs one-shot: validation quality after each cut and each fine-tune",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    fig.update_xaxes(title="fine-tuning epochs spent")
+    fig.update_yaxes(title=f"{esc(view.metric)} (validation)")
     return fig

@@ -25,6 +25,7 @@ from ...core.registry import register
 from ...core.scope import match_scopes
 from . import surgery
 from .activation_saliency import DATA_SALIENCIES, unit_scores
+from .trajectory import Trajectory
 from .surgery import rebuild, structure_of  # noqa: F401  (public API of structured pruning)
 
 
@@ -200,12 +201,18 @@ def prune_channels(model: nn.Module, cfg: ChannelPruneConfig, task) -> nn.Module
     rounds = cfg.rounds if cfg.schedule == "iterative" else 1
     per_round = 1.0 - (1.0 - cfg.ratio) ** (1.0 / rounds)  # compounding: R rounds remove `ratio` in all
     work = copy.deepcopy(model)  # the caller's model stays intact if anything below raises
-    for _ in range(rounds):
+    path = Trajectory(task if cfg.finetune_epochs > 0 else None, "channels")
+    path.mark(work, 0.0, "start")
+    for r in range(1, rounds + 1):
         prune_channels_once(work, per_round, cfg, task)
         surgery.strip_graph_state(work)
         check_forward(work.eval(), example, expected)
+        removed = 1.0 - (1.0 - per_round) ** r
+        path.mark(work, removed, "prune")
         if cfg.finetune_epochs > 0:
             task.train(work, epochs=cfg.finetune_epochs, lr=cfg.lr, keep_sparsity=True)
+            path.mark(work, removed, "finetune", cfg.finetune_epochs)
+    path.attach(work)
     return work.eval()
 
 

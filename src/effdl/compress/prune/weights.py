@@ -28,6 +28,7 @@ from . import saliency as sal
 from .distribution import build_masks, prunable_layers, sensitivity_analysis
 from .granularity import Granularity
 from .schedule import epochs_to_steps, iterative_targets, train_gradual
+from .trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,15 @@ def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
                           n=n, every=cfg.frequency, total_steps=total, lr=cfg.lr)
         else:
             targets = iterative_targets(cfg.sparsity, cfg.rounds) if cfg.schedule == "iterative" else [cfg.sparsity]
+            path = Trajectory(task if cfg.finetune_epochs > 0 else None, "weights")
+            path.mark(model, 0.0, "start")
             for target in targets:
                 pruner(target)
+                path.mark(model, target, "prune")
                 if cfg.finetune_epochs > 0:
                     task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
+                    path.mark(model, target, "finetune", cfg.finetune_epochs)
+            path.attach(model)
     finally:
         masklib.fold(model)
     if pruner.curves is not None:  # for the report's sensitivity plot
