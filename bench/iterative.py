@@ -25,8 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
-    "quick": {"models": (("lenet5", "mnist"), ("mnist1d_cnn", "mnist1d")), "ratios": (0.27, 0.5), "epochs": 2.0, "rounds": 3},
-    "full": {"models": (("lenet5", "mnist"), ("mnist1d_cnn", "mnist1d")), "ratios": (0.27, 0.5, 0.7), "epochs": 4.0, "rounds": 3},
+    "quick": {"models": (("lenet5", "mnist"), ("mnist1d_cnn", "mnist1d")), "ratios": (0.27, 0.5, 0.7, 0.85), "epochs": 1.0, "rounds": 3},
+    "full": {"models": (("lenet5", "mnist"), ("mnist1d_cnn", "mnist1d")), "ratios": (0.27, 0.5, 0.7, 0.85), "epochs": 2.0, "rounds": 3},
 }
 
 
