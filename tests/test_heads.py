@@ -147,3 +147,13 @@ def test_minilm_refuses_a_changed_weights_file(monkeypatch):
     monkeypatch.setattr(minilm, "WEIGHTS_SHA256", "0" * 64)
     with pytest.raises(ArtifactError, match="sha256"):
         minilm.load_minilm()
+
+
+def test_optimize_grid_adds_head_pruning_only_for_attention_models(digits_encoder):
+    from effdl.pipeline.strategies import candidates_for
+
+    plain = candidates_for("shrink-and-improve", model=build("mlp", input_shape=(4,), num_classes=2))
+    with_heads = candidates_for("shrink-and-improve", model=digits_encoder.model)
+    assert len(with_heads) == len(plain) + 2
+    techs = [s.recipe.to_list()[0]["technique"] for s in with_heads[len(plain):]]
+    assert techs == ["prune.heads", "prune.heads"]

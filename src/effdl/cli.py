@@ -108,7 +108,7 @@ def optimize(
     from .pipeline.strategies import candidates_for
 
     task = _task(model, data, weights, allow_pickle)
-    specs = candidates_for(strategy)
+    specs = candidates_for(strategy, model=task.model)
     command = "effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:

@@ -168,7 +168,7 @@ def optimize(
     if metric not in task.evaluate(task.model, "val"):
         raise ConfigError(f"metric {metric!r} is not one the task reports: {list(task.evaluate(task.model, 'val'))}")
     out_dir = Path(out_dir)
-    specs = candidates if candidates is not None else candidates_for(strategy)
+    specs = candidates if candidates is not None else candidates_for(strategy, model=task.model)
     batch_sizes = tuple(dict.fromkeys((batch_size, large_batch)))
     settings = {"batch_sizes": batch_sizes, "threads": threads, "runtimes_allowed": runtimes,
                 "tolerances": tolerances.__dict__, "model": model_spec, "data": data_spec}

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..compress.prune import ChannelPruneConfig, MagnitudeConfig, WeightPruneConfig
+from ..compress.prune import ChannelPruneConfig, HeadPruneConfig, MagnitudeConfig, WeightPruneConfig, head_sites
 from ..compress.quantize import PTQConfig
 from ..core.errors import ConfigError, suggest
 from ..learn import DistillConfig
@@ -30,7 +30,8 @@ class CandidateSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0) -> list[CandidateSpec]:
+def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0, model=None) -> list[CandidateSpec]:
+    """The grid; a ``model`` with attention layers also gets attention-head pruning candidates."""
     p50 = MagnitudeConfig(sparsity=0.5, finetune_epochs=finetune_epochs)
     p80 = MagnitudeConfig(sparsity=0.8, schedule="iterative", rounds=3, finetune_epochs=finetune_epochs)
     p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
@@ -61,6 +62,9 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
         ("channels -50% + distill", (ch50, kd), None),
         ("channels -50% + distill + int8", (ch50, kd, q), None),
     ]
+    if model is not None and head_sites(model):
+        heads50 = HeadPruneConfig(ratio=0.5, saliency="taylor", finetune_epochs=finetune_epochs)
+        grid += [("heads -50% + distill", (heads50, kd), None), ("heads -50% + distill + int8", (heads50, kd, q), None)]
     return [CandidateSpec(f"c{i:02d}", label, Recipe(steps), rts) for i, (label, steps, rts) in enumerate(grid)]
 
 
