@@ -258,3 +258,63 @@ def test_two_views_of_one_storage_are_both_stored(tmp_path):
     out = load_compact(tmp_path / "v.safetensors")
     for k, v in tensors.items():
         _assert_identical(out[k], v)
+
+
+def _nm_tensor(rows: int, cols: int, n: int, m: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(rows, cols, generator=g)
+    keep = torch.rand(rows, cols // m, m, generator=g).argsort(-1)[..., :n]
+    mask = torch.zeros(rows, cols // m, m, dtype=torch.bool).scatter_(-1, keep, True)
+    return torch.where(mask.reshape(rows, cols), t, torch.zeros(()))
+
+
+def test_nm_layout_stores_values_and_position_metadata(tmp_path):
+    from effdl.deploy.storage import NM_GROUPS  # noqa: F401  (the M values tried)
+
+    one4 = _nm_tensor(64, 128, 1, 4, 0)   # 1:4: 0.5 bit of metadata per element beats a 1-bit mask
+    two4 = _nm_tensor(64, 128, 2, 4, 1)   # 2:4: ties with the bitmask; the N:M layout is kept
+    four8 = _nm_tensor(64, 128, 4, 8, 2)  # 4:8: 1.5 bits per element: the bitmask wins
+    two4[0, 0], two4[0, 1] = -0.0, 0.0    # a -0.0 bit pattern is a value like any other
+    tensors = {"a": one4, "b": two4, "c": four8}
+    size = save_compact(tensors, tmp_path / "nm.safetensors")
+    layout = json.loads(read_raw_metadata(tmp_path / "nm.safetensors")[LAYOUT_KEY])["tensors"]
+    assert (layout["a"]["layout"], layout["a"]["n"], layout["a"]["m"]) == ("nm", 1, 4)
+    assert (layout["b"]["layout"], layout["b"]["n"], layout["b"]["m"]) == ("nm", 2, 4)
+    assert layout["c"]["layout"] == "bitmask"
+    back = load_compact(tmp_path / "nm.safetensors")
+    for k, t in tensors.items():
+        assert torch.equal(back[k].view(torch.int32), t.view(torch.int32)), k
+    # a: 2,048 groups x 1 value x 4 B + 2,048 x 2 bits = 8,192 + 512; b: 4,096 x 4 B + 4,096 x 2 bits
+    # = 16,384 + 1,024; c: 1,024 B mask + 4,096 x 4 B
+    data = (8192 + 512) + (16384 + 1024) + (1024 + 16384)
+    assert data < size <= data + 1024
+
+
+def test_nm_layout_corrupt_index_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "nm.safetensors"
+    save_compact({"w": _nm_tensor(8, 16, 1, 4, 0)}, path)
+    meta = read_raw_metadata(path)
+    parts = load_file(str(path))
+    parts["w::index"] = parts["w::index"][:-1].clone()  # truncated metadata
+    save_file(parts, str(path), metadata=meta)
+    with pytest.raises(ArtifactError, match="index"):
+        load_compact(path)
+
+
+def test_two_four_pruned_model_is_stored_in_nm_layout(tmp_path):
+    import effdl
+    from effdl.compress.prune import WeightPruneConfig
+    from effdl.zoo import build
+
+    torch.manual_seed(0)
+    model = build("mlp", input_shape=(64,), num_classes=10, hidden=(128,))
+    pruned = effdl.apply(model, WeightPruneConfig(sparsity=0.5, granularity="n:m", n=2, m=4))
+    save_compact(pruned.state_dict(), tmp_path / "m.safetensors")
+    layout = json.loads(read_raw_metadata(tmp_path / "m.safetensors")[LAYOUT_KEY])["tensors"]
+    assert {k: (v["layout"], v.get("n"), v.get("m")) for k, v in layout.items() if k.endswith("weight")} == {
+        "1.weight": ("nm", 2, 4), "3.weight": ("nm", 2, 4)}
+    back = load_compact(tmp_path / "m.safetensors")
+    for k, t in pruned.state_dict().items():
+        assert torch.equal(back[k], t), k

@@ -6,6 +6,12 @@ Each tensor is stored in the smaller of two layouts inside one safetensors file:
 * ``bitmask``: a packed 1-bit occupancy mask (``<name>::mask``, uint8, numpy ``packbits`` order)
   plus the non-zero elements in the tensor's own dtype (``<name>::values``).
 
+* ``nm``: N:M semi-structured sparsity (at most N non-zeros in every M consecutive elements of a
+  row, rows = the first dimension, as prune.weights' N:M groups): exactly N values per group
+  (``<name>::values``) plus each value's position in its group, log2(M) bits, packed
+  (``<name>::index``). 1:4 costs 0.5 bit per element of metadata where a bitmask costs 1; for 2:4
+  the two tie and the N:M layout (the one sparse hardware reads) is kept.
+
 "Non-zero" means a non-zero *bit pattern*, so ``-0.0`` and NaN payloads survive: a load is
 bit-identical to what was saved. The layout of every tensor (its dtype, shape and the keys of its
 parts) is JSON in the safetensors metadata under ``effdl.compact``; tensors that are the same
@@ -84,6 +90,36 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+NM_GROUPS = (4, 8, 16)  # M values tried for the N:M layout
+
+
+def _nm_plan(occupied: torch.Tensor, shape: list[int]) -> tuple[int, int] | None:
+    """The (N, M) with the fewest bytes for which every row-group of M holds <= N non-zeros."""
+    if len(shape) < 2:
+        return None
+    best = None
+    cols = occupied.numel() // shape[0]
+    for m in NM_GROUPS:
+        if cols % m:
+            continue
+        n = int(occupied.reshape(-1, m).sum(1).max())
+        if n < m and (best is None or n * math.log2(m) / m < best[0] * math.log2(best[1]) / best[1]):
+            best = (max(n, 1), m)
+    return best
+
+
+def _pack_index(idx: torch.Tensor, bits: int) -> torch.Tensor:
+    """Positions (< 2**bits) as a packed big-endian bit stream, ``bits`` per position."""
+    shifts = torch.arange(bits - 1, -1, -1)
+    stream = ((idx.reshape(-1, 1).long() >> shifts) & 1).reshape(-1).to(torch.uint8)
+    return torch.from_numpy(np.packbits(stream.numpy()))
+
+
+def _unpack_index(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    stream = torch.from_numpy(np.unpackbits(packed.numpy())[: count * bits].copy()).long().reshape(count, bits)
+    return (stream << torch.arange(bits - 1, -1, -1)).sum(1)
+
+
 def _encode(name: str, t: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
     """(layout record, parts to store) for one tensor, choosing the smaller layout."""
     record = {"dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
@@ -93,6 +129,18 @@ def _encode(name: str, t: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
         occupied = _bits(flat) != 0
         nnz = int(occupied.sum())
         sparse_bytes = math.ceil(n / 8) + nnz * size + SPARSE_HEADER_OVERHEAD
+        nm = _nm_plan(occupied, list(t.shape))
+        if nm is not None:
+            k, m = nm
+            groups = n // m
+            bits = int(math.log2(m))
+            nm_bytes = groups * k * size + math.ceil(groups * k * bits / 8) + SPARSE_HEADER_OVERHEAD
+            if nm_bytes <= min(sparse_bytes, n * size - 1):
+                # the k positions of each group: its non-zeros first, then zero positions as filler
+                order = torch.argsort((~occupied.reshape(groups, m)).to(torch.uint8), dim=1, stable=True)[:, :k]
+                values = flat.reshape(groups, m).gather(1, order).reshape(-1).clone()
+                record.update(layout="nm", n=k, m=m, values=f"{name}::values", index=f"{name}::index")
+                return record, {f"{name}::values": values, f"{name}::index": _pack_index(order, bits)}
         if sparse_bytes < n * size:
             mask = torch.from_numpy(np.packbits(occupied.numpy()))
             values = flat[occupied]  # boolean indexing copies: owns its memory
@@ -202,10 +250,12 @@ def _decode(name: str, rec: dict, handle, path) -> tuple[torch.Tensor, set[str]]
             if "dtype" in rec and (_dtype_name(t.dtype) != rec["dtype"] or list(t.shape) != rec["shape"]):
                 raise ValueError(f"stored {_dtype_name(t.dtype)}{list(t.shape)}, layout says {rec['dtype']}{rec['shape']}")
             return t, {rec["key"]}
-        if kind != "bitmask":
-            raise ValueError(f"unknown layout {kind!r}")
         dtype, shape = _dtype_from_name(rec["dtype"]), [int(s) for s in rec["shape"]]
         n = math.prod(shape)
+        if kind == "nm":
+            return _decode_nm(rec, handle, dtype, shape, n), {rec["values"], rec["index"]}
+        if kind != "bitmask":
+            raise ValueError(f"unknown layout {kind!r}")
         mask, values = handle.get_tensor(rec["mask"]), handle.get_tensor(rec["values"])
         if mask.dtype != torch.uint8 or list(mask.shape) != [math.ceil(n / 8)]:
             raise ValueError(f"mask is {_dtype_name(mask.dtype)}{list(mask.shape)}, expected uint8[{math.ceil(n / 8)}]")
@@ -226,6 +276,22 @@ def _decode(name: str, rec: dict, handle, path) -> tuple[torch.Tensor, set[str]]
         raise
     except Exception as exc:  # missing key, wrong type in the record, bad part: all mean a corrupt file
         raise ArtifactError(f"{where} is inconsistent with its layout record ({exc}): the file is corrupt; re-save it") from None
+
+
+def _decode_nm(rec: dict, handle, dtype: torch.dtype, shape: list[int], n: int) -> torch.Tensor:
+    k, m = int(rec["n"]), int(rec["m"])
+    if m not in NM_GROUPS or not 1 <= k < m or n % m:
+        raise ValueError(f"N:M record {k}:{m} does not fit a tensor of {n} elements")
+    groups, bits = n // m, int(math.log2(m))
+    values, packed = handle.get_tensor(rec["values"]), handle.get_tensor(rec["index"])
+    if values.dtype != dtype or list(values.shape) != [groups * k]:
+        raise ValueError(f"values are {_dtype_name(values.dtype)}{list(values.shape)}, expected {rec['dtype']}[{groups * k}]")
+    if packed.dtype != torch.uint8 or list(packed.shape) != [math.ceil(groups * k * bits / 8)]:
+        raise ValueError(f"index is {_dtype_name(packed.dtype)}{list(packed.shape)}, expected uint8[{math.ceil(groups * k * bits / 8)}]")
+    index = _unpack_index(packed, bits, groups * k).reshape(groups, k)
+    out = torch.zeros(groups, m, dtype=dtype)
+    _bits(out).scatter_(1, index, _bits(values).reshape(groups, k))
+    return out.reshape(shape)
 
 
 def load_compact(path: str | os.PathLike) -> dict[str, torch.Tensor]:
