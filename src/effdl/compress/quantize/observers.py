@@ -10,15 +10,17 @@ import torch
 from torchao.quantization.pt2e import PerChannelMinMaxObserver, UniformQuantizationObserverBase
 
 from ...core.errors import ConfigError
+from .calibration import hist_add, hist_percentile
 
 
 class PercentileObserver(UniformQuantizationObserverBase):
     """Per-tensor range clipped at percentiles of everything observed.
 
-    Keeps a fixed-size histogram (``bins`` counts over the running [lo, hi] range); when a batch
-    falls outside the range, the old counts are moved to the bins of the widened range by their bin
-    centres (error at most one bin). ``max`` is set at the ``percentile``-th percentile and ``min``
-    at the ``(100 - percentile)``-th, each linearly interpolated inside its bin.
+    Keeps a fixed-size histogram (``bins`` counts over the running [lo, hi] range, maintained by
+    calibration.hist_add: when a batch falls outside the range, the old counts move to the bins of
+    the widened range by their bin centres, error at most one bin). ``max`` is set at the
+    ``percentile``-th percentile and ``min`` at the ``(100 - percentile)``-th, each linearly
+    interpolated inside its bin.
     """
 
     hist: torch.Tensor
@@ -39,45 +41,19 @@ class PercentileObserver(UniformQuantizationObserverBase):
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
 
-    def _bin_index(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        if hi <= lo:  # a single value seen so far: everything lives in bin 0
-            return torch.zeros(x.shape, dtype=torch.long)
-        idx = ((x - lo) * (self.bins / (hi - lo))).floor().long()
-        return idx.clamp_(0, self.bins - 1)
-
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         if x_orig.numel() == 0:
             return x_orig
-        x = x_orig.detach().reshape(-1).to(torch.float64)
-        a, b = float(x.min()), float(x.max())
-        old_lo, old_hi = float(self.lo), float(self.hi)
-        new_lo, new_hi = min(old_lo, a), max(old_hi, b)
-        if self.hist.sum() > 0 and (new_lo < old_lo or new_hi > old_hi):
-            width = (old_hi - old_lo) / self.bins
-            centres = old_lo + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * width
-            moved = torch.zeros_like(self.hist)
-            moved.index_add_(0, self._bin_index(centres, new_lo, new_hi), self.hist)
-            self.hist.copy_(moved)
-        self.lo.fill_(new_lo)
-        self.hi.fill_(new_hi)
-        self.hist.index_add_(0, self._bin_index(x, new_lo, new_hi), torch.ones_like(x))
+        lo, hi = hist_add(self.hist, float(self.lo), float(self.hi), x_orig)
+        self.lo.fill_(lo)
+        self.hi.fill_(hi)
         return x_orig
 
     def percentile_value(self, q: float) -> float:
         """Value below which ``q`` percent of the observed values lie (interpolated in its bin)."""
-        total = float(self.hist.sum())
-        if total == 0:
+        if float(self.hist.sum()) == 0:
             raise ConfigError("PercentileObserver saw no data: run calibration before reading its range")
-        lo, hi = float(self.lo), float(self.hi)
-        if hi <= lo:
-            return lo
-        cdf = torch.cumsum(self.hist, 0) / total
-        target = min(max(q / 100.0, 0.0), 1.0)
-        k = int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64)).clamp(max=self.bins - 1))
-        before = float(cdf[k - 1]) if k > 0 else 0.0
-        mass = float(cdf[k]) - before
-        frac = (target - before) / mass if mass > 0 else 0.0
-        return lo + (k + min(max(frac, 0.0), 1.0)) * (hi - lo) / self.bins
+        return hist_percentile(self.hist, float(self.lo), float(self.hi), q)
 
     def observed_range(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo = self.percentile_value(100.0 - self.percentile)

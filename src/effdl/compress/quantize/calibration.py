@@ -1,0 +1,287 @@
+"""Range estimators: from observed tensors (activations over calibration batches) to a clip range.
+
+Each estimator is a small stateful object: ``observe(x)`` per batch, then ``range()`` -> (lo, hi)
+or ``qparams(scheme)`` -> (scale, zero point). ``symmetric=True`` gives (-t, t) from |x|;
+otherwise (lo, hi) of x itself. Estimators:
+
+* ``MinMax``: the observed extremes;
+* ``MovingAverageMinMax``: per-batch extremes averaged, ``lo <- m * lo + (1 - m) * batch_lo``;
+* ``Percentile``: the ``percentile``-th percentile (and 100 - p for the low end) of all values;
+* ``Entropy``: TensorRT's KL calibration on the |x| histogram: the threshold t minimising
+  KL(P || Q) between the clipped reference distribution P and its 2^(b-1)-level quantization Q;
+* ``MSE``: the clip (fraction of the observed range, grid search) minimising the expected
+  squared quantization error of the histogram under the given integer width.
+
+Histogram-based estimators share one fixed-bin histogram over the running range (the helpers
+``hist_add`` / ``hist_percentile``, also used by observers.PercentileObserver). Degenerate data
+(constant, all zero, a single value) gets a floored scale and a warning naming the tensor; NaN or
+Inf raises DataError.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from ...core.errors import ConfigError, DataError
+from .scheme import SCALE_FLOOR, QScheme, qparams_from_range
+
+__all__ = [
+    "MSE",
+    "Entropy",
+    "MinMax",
+    "MovingAverageMinMax",
+    "Percentile",
+    "RangeEstimator",
+    "hist_add",
+    "hist_percentile",
+]
+
+
+# -- the shared histogram ----------------------------------------------------------------------
+def _bin_index(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    if hi <= lo:  # a single value seen so far: everything lives in bin 0
+        return torch.zeros(x.shape, dtype=torch.long)
+    return ((x - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+
+
+def hist_add(hist: torch.Tensor, lo: float, hi: float, x: torch.Tensor) -> tuple[float, float]:
+    """Add the values of ``x`` to ``hist`` (float64 counts over [lo, hi]) in place; return the new range.
+
+    When ``x`` falls outside the range, the range widens and the old counts move to the bins of
+    the wider range by their bin centres (error at most one bin). Start with lo=inf, hi=-inf.
+    """
+    x = x.detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        return lo, hi
+    bins = hist.numel()
+    new_lo, new_hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    if hist.sum() > 0 and (new_lo < lo or new_hi > hi):
+        centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * ((hi - lo) / bins)
+        moved = torch.zeros_like(hist)
+        moved.index_add_(0, _bin_index(centres, new_lo, new_hi, bins), hist)
+        hist.copy_(moved)
+    hist.index_add_(0, _bin_index(x, new_lo, new_hi, bins), torch.ones_like(x))
+    return new_lo, new_hi
+
+
+def hist_percentile(hist: torch.Tensor, lo: float, hi: float, q: float) -> float:
+    """Value below which ``q`` percent of the counted values lie (linear inside its bin)."""
+    total = float(hist.sum())
+    if total == 0:
+        raise ConfigError("the histogram saw no data: run calibration before reading its range")
+    if hi <= lo:
+        return lo
+    bins = hist.numel()
+    cdf = torch.cumsum(hist, 0) / total
+    target = min(max(q / 100.0, 0.0), 1.0)
+    k = int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64)).clamp(max=bins - 1))
+    before = float(cdf[k - 1]) if k > 0 else 0.0
+    mass = float(cdf[k]) - before
+    frac = (target - before) / mass if mass > 0 else 0.0
+    return lo + (k + min(max(frac, 0.0), 1.0)) * (hi - lo) / bins
+
+
+# -- estimators ------------------------------------------------------------------------------------
+class RangeEstimator:
+    """Base: validation of observed tensors, and (scale, zero point) with the degenerate-range warning."""
+
+    def __init__(self, *, symmetric: bool = False, name: str = "tensor") -> None:
+        self.symmetric = bool(symmetric)
+        self.name = str(name)
+        self.count = 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise DataError(f"calibration of {self.name!r} needs floating-point tensors, got {type(x).__name__}")
+        if x.numel() == 0:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"calibration data for {self.name!r} contains NaN/Inf: clean the input data "
+                            "(or find the layer that overflows) before calibrating")
+        x = x.detach().float()
+        self._observe(x.abs() if self.symmetric else x)
+        self.count += 1
+
+    def _observe(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _range(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def range(self) -> tuple[float, float]:
+        """(lo, hi) to quantize; (-t, t) when symmetric."""
+        if self.count == 0:
+            raise ConfigError(f"calibration of {self.name!r} saw no data: call observe() on real batches first")
+        lo, hi = self._range()
+        return (-hi, hi) if self.symmetric else (lo, hi)
+
+    def qparams(self, scheme: QScheme, eps: float = SCALE_FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero point) of ``range()`` under a per-tensor ``scheme``; warns on a degenerate range."""
+        if scheme.granularity != "tensor":
+            raise ConfigError(f"range estimators give one range per tensor; use a scheme with granularity='tensor', "
+                              f"not {scheme.granularity!r}")
+        lo, hi = self.range()
+        scale, zp = qparams_from_range(lo, hi, scheme, eps)
+        if hi - lo <= 0 or float(scale) <= eps * (1 + 1e-6):
+            warnings.warn(
+                f"calibration of {self.name!r} saw a constant value ({lo:g}); its scale is floored at {float(scale):g}. "
+                "Use calibration data that varies (real inputs, more batches)", RuntimeWarning, stacklevel=2)
+        return scale, zp
+
+
+class MinMax(RangeEstimator):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.lo, self.hi = math.inf, -math.inf
+
+    def _observe(self, x):
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+
+    def _range(self):
+        return self.lo, self.hi
+
+
+class MovingAverageMinMax(RangeEstimator):
+    """Exponential moving average of per-batch extremes (the first batch sets them)."""
+
+    def __init__(self, momentum: float = 0.9, **kw) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}; e.g. 0.9 keeps 90% of the old range per batch")
+        super().__init__(**kw)
+        self.momentum = float(momentum)
+        self.lo = self.hi = None
+
+    def _observe(self, x):
+        lo, hi = float(x.min()), float(x.max())
+        if self.lo is None:
+            self.lo, self.hi = lo, hi
+        else:
+            m = self.momentum
+            self.lo, self.hi = m * self.lo + (1 - m) * lo, m * self.hi + (1 - m) * hi
+
+    def _range(self):
+        return self.lo, self.hi
+
+
+class _Histogram(RangeEstimator):
+    def __init__(self, bins: int = 2048, **kw) -> None:
+        if bins < 2:
+            raise ConfigError(f"bins must be >= 2, got {bins}")
+        super().__init__(**kw)
+        self.hist = torch.zeros(int(bins), dtype=torch.float64)
+        self.lo, self.hi = math.inf, -math.inf
+
+    def _observe(self, x):
+        self.lo, self.hi = hist_add(self.hist, self.lo, self.hi, x)
+
+    def _counts(self) -> tuple[np.ndarray, float]:
+        """(counts, bin width) over [lo, hi]."""
+        return self.hist.numpy(), (self.hi - self.lo) / self.hist.numel()
+
+
+class Percentile(_Histogram):
+    def __init__(self, percentile: float = 99.99, **kw) -> None:
+        if not 50.0 < percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {percentile}; e.g. 99.9 or 99.99")
+        super().__init__(**kw)
+        self.percentile = float(percentile)
+
+    def _range(self):
+        hi = hist_percentile(self.hist, self.lo, self.hi, self.percentile)
+        lo = self.lo if self.symmetric else hist_percentile(self.hist, self.lo, self.hi, 100.0 - self.percentile)
+        return lo, max(hi, lo)
+
+
+class Entropy(RangeEstimator):
+    """TensorRT's entropy calibration on the histogram of |x| over [0, max|x|].
+
+    For each candidate threshold i (in bins, from 2^(bits-1) to all bins): P = the first i bins
+    with the counts beyond them folded into bin i-1; Q = those i bins merged into 2^(bits-1)
+    chunks, each chunk's mass spread evenly over its non-empty bins. The threshold t is the right
+    edge of the i with the smallest KL(P || Q). The clip is symmetric by construction: with
+    ``symmetric=False`` the range is the observed (lo, hi) clipped to [-t, t].
+    """
+
+    def __init__(self, bits: int = 8, bins: int = 2048, **kw) -> None:
+        super().__init__(**kw)
+        self.levels = 2 ** (QScheme(bits=bits).bits - 1)
+        if bins < self.levels:
+            raise ConfigError(f"Entropy needs bins >= 2^(bits-1) = {self.levels}, got {bins}; raise bins")
+        self.hist = torch.zeros(int(bins), dtype=torch.float64)
+        self.lo, self.hi, self.amax = math.inf, -math.inf, -math.inf
+
+    def _observe(self, x):
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+        _, self.amax = hist_add(self.hist, 0.0, self.amax, x.abs())  # lo pinned at 0
+
+    def threshold(self) -> float:
+        counts = self.hist.numpy()
+        if self.amax <= 0:
+            return max(self.amax, 0.0)
+        best_i, best_kl = counts.size, math.inf
+        for i in range(self.levels, counts.size + 1):
+            kl = _kl_of_clip(counts, i, self.levels)
+            if kl < best_kl:
+                best_i, best_kl = i, kl
+        return best_i * self.amax / counts.size
+
+    def _range(self):
+        t = self.threshold()
+        return (self.lo, t) if self.symmetric else (max(self.lo, -t), min(self.hi, t))
+
+
+def _kl_of_clip(counts: np.ndarray, i: int, levels: int) -> float:
+    ref = counts[:i]
+    p = ref.astype(np.float64)  # copy
+    p[i - 1] += counts[i:].sum()
+    nonzero = ref > 0
+    edges = np.linspace(0, i, levels + 1).round().astype(np.int64)  # strictly increasing: i >= levels
+    starts = edges[:-1]
+    mass = np.add.reduceat(ref, starts)
+    filled = np.add.reduceat(nonzero.astype(np.float64), starts)
+    q = np.repeat(mass / np.maximum(filled, 1), np.diff(edges)) * nonzero
+    ps, qs = p.sum(), q.sum()
+    if ps == 0 or qs == 0:
+        return math.inf
+    p, q = p / ps, q / qs
+    mask = p > 0
+    q = np.where(mask & (q == 0), 1e-12, q)  # outliers folded into an empty edge bin: heavy but finite
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+class MSE(_Histogram):
+    """Grid search of the clip: the range (a*lo, a*hi) (or (-a*t, a*t)) for a in ``grid`` fractions
+    of the observed one, minimising the histogram's expected squared error after quantizing to ``bits``.
+
+    Clipped values cost their full squared distance, so MSE clips far below the maximum only when
+    the outliers are few compared with the resolution gained (e.g. 4 bits); at 8 bits a handful of
+    huge outliers usually keeps the full range.
+    """
+
+    def __init__(self, bits: int = 8, grid: int = 100, **kw) -> None:
+        if grid < 1:
+            raise ConfigError(f"grid must be >= 1, got {grid}")
+        super().__init__(**kw)
+        self.bits = QScheme(bits=bits).bits
+        self.grid = int(grid)
+
+    def _range(self):
+        counts, width = self._counts()
+        if width <= 0:
+            return self.lo, self.hi
+        centres = torch.from_numpy(self.lo + (np.arange(counts.size) + 0.5) * width)
+        weights = torch.from_numpy(counts)
+        scheme = QScheme(bits=self.bits, mode="symmetric" if self.symmetric else "affine",
+                         signed=True)
+        best, best_err = (self.lo, self.hi), math.inf
+        for a in np.linspace(1.0 / self.grid, 1.0, self.grid):
+            lo, hi = (-a * self.hi, a * self.hi) if self.symmetric else (a * self.lo, a * self.hi)
+            scale, zp = qparams_from_range(lo, hi, scheme)
+            q = (torch.round(centres / scale) + zp).clamp(scheme.qmin, scheme.qmax)
+            err = float((weights * (scale * (q - zp) - centres) ** 2).sum())
+            if err < best_err:
+                best, best_err = (float(lo), float(hi)), err
+        return best
