@@ -157,3 +157,16 @@ def test_optimize_grid_adds_head_pruning_only_for_attention_models(digits_encode
     assert len(with_heads) == len(plain) + 2
     techs = [s.recipe.to_list()[0]["technique"] for s in with_heads[len(plain):]]
     assert techs == ["prune.heads", "prune.heads"]
+
+
+def test_taylor_score_of_a_dead_head_is_zero(digits_encoder):
+    model = copy.deepcopy(digits_encoder.model)
+    site = head_sites(model)[0]
+    d = site.head_dim
+    with torch.no_grad():
+        site.out.weight[:, 2 * d:3 * d] = 0  # head 2's output never reaches the loss: dL/dg_2 = 0
+    scores = head_scores(model, head_sites(model), "taylor", digits_encoder, batches=2)
+    assert float(scores[0][2]) == 0.0
+    assert bool((scores[0][[0, 1, 3]] > 0).all()) and bool((scores[1] > 0).all())
+    # normalised per layer (L2 norm 1)
+    torch.testing.assert_close(scores[1].norm(), torch.tensor(1.0))

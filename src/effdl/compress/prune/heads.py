@@ -11,8 +11,8 @@ Attention layouts recognised (``head_sites``):
   ``num_attention_heads``/``attention_head_size``/``all_head_size``, and ``output.dense``).
 
 Head saliency: ``l1`` (mean |w| of the head's slices), ``random`` (control) or ``taylor``: the
-gradient of the training loss with respect to a gate multiplying each head's output, summed over
-real batches (Michel et al.'s importance score |dL/dg_h|), normalised per layer.
+absolute gradient of the training loss with respect to a gate multiplying each head's output,
+averaged over real batches (Michel et al.'s importance score E|dL/dg_h|), normalised per layer.
 """
 from __future__ import annotations
 
@@ -118,7 +118,8 @@ def _l1(site: HeadSite) -> torch.Tensor:
 
 
 def _taylor(model: nn.Module, sites: list[HeadSite], batches) -> list[torch.Tensor]:
-    """|sum over batches of dL/dg_h| with a gate g_h = 1 on each head's context (Michel et al. 2019)."""
+    """Mean over batches of |dL/dg_h| with a gate g_h = 1 on each head's context (Michel et al. 2019
+    take the expectation of the absolute gradient; per batch is the affordable version of per sample)."""
     gates = [torch.ones(s.num_heads, requires_grad=True) for s in sites]
 
     def gate_hook(site, gate):
@@ -140,13 +141,13 @@ def _taylor(model: nn.Module, sites: list[HeadSite], batches) -> list[torch.Tens
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             for acc, g in zip(grads, gates):
-                acc += g.grad.detach()
+                acc += g.grad.detach().abs()
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was)
-    scores = [g.abs() for g in grads]
+    scores = grads
     # per-layer L2 normalisation, as in the paper, so layers compete on equal footing globally
     return [s / s.norm().clamp_min(1e-12) for s in scores]
 
