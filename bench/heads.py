@@ -4,7 +4,8 @@
 
 (a) effdl's zoo encoder (BERT-shaped, 2 layers x 4 heads, patch tokens) trained on the MNIST subset:
     25/50/75% of the heads removed by Taylor importance (Michel et al. 2019), by L1 and at random
-    (control), each followed by the same short fine-tune; test accuracy, parameters, and p50 latency
+    (control), each followed by the same short fine-tune; test accuracy right after the cut (the
+    saliency's own quality) and after the fine-tune, parameters, and p50 latency
     of the pruned model vs the unpruned one (eager and ONNX Runtime, batch 1 and 32).
 (b) the real pretrained all-MiniLM-L6-v2 (6 x 12 heads): 25/50% of the heads removed by L1 with no
     fine-tuning (there is no labelled text data here); cosine similarity of the mean-pooled sentence
@@ -55,13 +56,16 @@ def encoder_part(mode: dict, threads: int, workdir: Path, log) -> list[dict]:
     task = ImageClassification(trained("encoder", "mnist"), splits.train, splits.val, splits.test, num_classes=10)
     base = task.evaluate(task.model, "test")["accuracy"]
     variants = {"unpruned": task.model}
-    rows = [{"variant": "unpruned", "ratio": 0.0, "saliency": "-", "test": base, "heads": sum(head_counts(task.model).values()),
+    rows = [{"variant": "unpruned", "ratio": 0.0, "saliency": "-", "test": base, "test_before_ft": base, "heads": sum(head_counts(task.model).values()),
              "params": sum(p.numel() for p in task.model.parameters())}]
     for ratio in mode["ratios"]:
         for saliency in ("taylor", "l1", "random"):
-            m = apply(task, HeadPruneConfig(ratio=ratio, saliency=saliency, finetune_epochs=mode["epochs"], lr=5e-4))
+            m = apply(task, HeadPruneConfig(ratio=ratio, saliency=saliency))
+            before = task.evaluate(m, "test")["accuracy"]  # the saliency's own quality: damage before recovery
+            task.train(m, epochs=mode["epochs"], lr=5e-4)
             name = f"{ratio:.0%} {saliency}"
             rows.append({"variant": name, "ratio": ratio, "saliency": saliency, "test": task.evaluate(m, "test")["accuracy"],
+                         "test_before_ft": before,
                          "heads": sum(head_counts(m).values()), "params": sum(p.numel() for p in m.parameters())})
             if saliency == "taylor":
                 variants[name] = m
@@ -139,13 +143,14 @@ def render(res: dict, meta: dict) -> str:
              f"Mode `{meta['mode_name']}`: {meta['mode']}. Run: `python bench/heads.py{' --quick' if meta['mode_name'] == 'quick' else ''}` "
              f"({meta['seconds']:.0f} s), {meta['threads']} thread(s).", "",
              "## (a) zoo encoder on the MNIST subset (fine-tuned after pruning)", "",
-             "| variant | heads | params | test acc | " + " | ".join(f"{k} ms" for k in keys) + " | speed-up (" + ", ".join(keys) + ") |",
-             "|---|---|---|---|" + "---|" * (len(keys) + 1)]
+             "| variant | heads | params | test acc before fine-tune | after | " + " | ".join(f"{k} ms" for k in keys) + " | speed-up (" + ", ".join(keys) + ") |",
+             "|---|---|---|---|---|" + "---|" * (len(keys) + 1)]
     for r in enc:
         lat = r.get("latency_ms") or {}
         cells = " | ".join(f"{lat[k]:.3f}" if lat.get(k) else "-" for k in keys)
         speed = ", ".join(f"{base['latency_ms'][k] / lat[k]:.2f}x" for k in keys if lat.get(k)) or "-"
-        lines.append(f"| {r['variant']} | {r['heads']} | {r['params']:,} | {100 * r['test']:.1f} | {cells} | {speed} |")
+        lines.append(f"| {r['variant']} | {r['heads']} | {r['params']:,} | {100 * r['test_before_ft']:.1f} | "
+                     f"{100 * r['test']:.1f} | {cells} | {speed} |")
     mkeys = list(mini[0]["latency_ms"])
     lines += ["", f"## (b) pretrained all-MiniLM-L6-v2, L1 head pruning, no fine-tuning ({mini[0]['n_sentences']} model-card sentences)", "",
               "| variant | heads | params | mean cos | min cos | " + " | ".join(f"{k} ms" for k in mkeys) + " | speed-up |",
