@@ -172,7 +172,9 @@ def plan(scores: list[torch.Tensor], ratio: float, scope: str) -> list[list[int]
         return [sorted(torch.argsort(s, descending=True, stable=True)[:k].tolist()) for s, k in zip(scores, keeps)]
     total = sum(counts)
     drop = round(ratio * total)
-    order = sorted(((float(v), i, h) for i, s in enumerate(scores) for h, v in enumerate(s.tolist())))
+    # scores divided by their layer's mean, so layers of different weight scale compete fairly
+    norm = [s / s.mean().clamp_min(1e-12) for s in scores]
+    order = sorted(((float(v), i, h) for i, s in enumerate(norm) for h, v in enumerate(s.tolist())))
     keep = [set(range(n)) for n in counts]
     for _, i, h in order:
         if drop == 0:
