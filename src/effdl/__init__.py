@@ -11,7 +11,7 @@ from .core.errors import (  # noqa: E402
 )
 from .core.registry import apply, techniques  # noqa: E402
 from .core.task import ImageClassification, Task  # noqa: E402
-from .compress import prune, quantize  # noqa: E402
+from .compress import lowrank, prune, quantize, share  # noqa: E402
 from . import learn  # noqa: E402
 from .data import load_data  # noqa: E402
 from .metrics.measure import Tolerances, measure  # noqa: E402
@@ -24,5 +24,5 @@ __all__ = [
     "ArtifactError", "ConfigError", "DataError", "EffdlError", "ImageClassification", "ModelError",
     "NumericalMismatchError", "Recipe", "Task", "Tolerances", "UnsafeArtifactError",
     "UnsupportedModuleError", "apply", "apply_recipe", "learn", "load_data", "measure", "optimize",
-    "prune", "quantize", "report", "techniques", "zoo",
+    "lowrank", "prune", "quantize", "report", "share", "techniques", "zoo",
 ]

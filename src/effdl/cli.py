@@ -169,7 +169,7 @@ def apply_cmd(
 ) -> None:
     """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON)."""
     _steady_allocator()
-    from .compress.prune import structure_of
+    from .compress.lowrank import structure_of  # pruned shapes + factorized layers
     from .core.errors import ConfigError
     from .core.io import write_json
     from .metrics.measure import measure

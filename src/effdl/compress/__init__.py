@@ -1,2 +1,2 @@
 """Compression techniques (importing registers them)."""
-from . import prune, quantize  # noqa: F401
+from . import lowrank, prune, quantize, share  # noqa: F401

@@ -14,7 +14,7 @@ import torch.nn as nn
 from .. import __version__
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
-from ..compress.prune import structure_of
+from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
 from ..core.records import records
 from ..core.registry import apply
 from ..metrics.env import environment

@@ -1,0 +1,106 @@
+"""What every low-rank technique shares: the config fields, layer selection, the replace loop that
+records what was factorized or skipped (and why), and the optional fine-tune.
+
+A technique supplies ``factorize(name, layer) -> (new_module, info)`` and raises ``Skip(reason)``
+for a layer it leaves alone (e.g. the factorization would not save parameters); skipped layers are
+listed in the model's records under the technique's name so the report can say so.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pydantic import Field
+from torch import nn
+
+from ...core.config import TechniqueConfig
+from ...core.errors import ConfigError, UnsupportedModuleError
+from ...core.records import attach
+from ...core.scope import is_excluded, match_scopes
+from ..prune.surgery import _set_module
+
+
+class LowRankConfig(TechniqueConfig):
+    """Fields shared by the low-rank techniques (subclasses add how the rank is chosen)."""
+
+    layers: tuple[str, ...] = Field((), description="module-name glob patterns to decompose (empty: every supported layer)")
+    exclude: tuple[str, ...] = Field((), description="module-name glob patterns left as they are")
+    finetune_epochs: float = Field(0.0, ge=0.0, description="fine-tuning epochs after the decomposition")
+    lr: float = Field(1e-3, gt=0.0, description="fine-tuning learning rate")
+
+
+def needs(cfg: LowRankConfig) -> str:
+    return "training" if cfg.finetune_epochs > 0 else "nothing"
+
+
+class Skip(Exception):
+    """Raised by a factorize function: leave this layer dense, for the given reason."""
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_rank(name: str, rank: int, full: int, what: str = "rank") -> None:
+    if rank > full:
+        raise ConfigError(f"{what} {rank} exceeds the full rank of layer {name!r} (max {full}): "
+                          f"use a {what} between 1 and {full}")
+
+
+def select(model: nn.Module, cfg: LowRankConfig, types: tuple[type, ...], technique: str,
+           accept: Callable[[str, nn.Module], str | None] = lambda n, m: None) -> tuple[list, dict[str, str]]:
+    """The layers to decompose and the ones passed over, {name: reason}.
+
+    ``accept(name, m)`` returns why a layer of the right type cannot be decomposed (None if it can):
+    named explicitly in ``layers`` that is an UnsupportedModuleError, found by the default
+    every-layer selection it is skipped and recorded.
+    """
+    excluded = match_scopes(model, cfg.exclude)
+    explicit = bool(cfg.layers)
+    wanted = match_scopes(model, cfg.layers)
+    kinds = " or ".join(t.__name__ for t in types)
+    chosen, skipped = [], {}
+    for name, m in model.named_modules():
+        if not name or is_excluded(name, excluded) or (explicit and not is_excluded(name, wanted)):
+            continue
+        if not isinstance(m, types):
+            if explicit and name in wanted and not any(isinstance(c, types) for c in m.modules()):
+                raise UnsupportedModuleError(
+                    f"{technique} decomposes {kinds} layers, but {name!r} is a {type(m).__name__} with none "
+                    f"inside: select {kinds} layers in 'layers' (or leave it empty for all of them)")
+            continue
+        reason = accept(name, m)
+        if reason is not None:
+            if explicit:
+                raise UnsupportedModuleError(f"{technique} cannot decompose {name!r} ({type(m).__name__}): {reason}")
+            skipped[name] = reason
+            continue
+        chosen.append((name, m))
+    return chosen, skipped
+
+
+def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types: tuple[type, ...],
+              factorize: Callable[[str, nn.Module], tuple[nn.Module, dict]],
+              accept: Callable[[str, nn.Module], str | None] = lambda n, m: None, extra: dict | None = None) -> nn.Module:
+    """Replace each selected layer by ``factorize``'s module, record the outcome, fine-tune if asked."""
+    if type(model).__name__ == "QuantizedModel":
+        raise ConfigError(f"{technique} must come before quantize.ptq in a recipe (the model is already quantized)")
+    chosen, skipped = select(model, cfg, types, technique, accept)
+    if not chosen and not skipped:
+        kinds = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"{technique} found no {kinds} layer to decompose (after 'layers'/'exclude'): "
+                          f"apply it to a model with {kinds} layers or widen the selection")
+    layers, before, after = {}, 0, 0
+    for name, m in chosen:
+        try:
+            new, info = factorize(name, m)
+        except Skip as why:
+            skipped[name] = str(why)
+            continue
+        layers[name] = {**info, "params_before": n_params(m), "params_after": n_params(new)}
+        before, after = before + n_params(m), after + n_params(new)
+        _set_module(model, name, new)
+    attach(model, technique, {"layers": layers, "skipped": skipped, "params_before": before,
+                              "params_after": after, **(extra or {})})
+    if cfg.finetune_epochs > 0:
+        task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
+    return model.eval()

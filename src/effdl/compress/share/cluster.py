@@ -1,0 +1,234 @@
+"""share.cluster: weight sharing by k-means (Han et al. 2016, "trained quantization").
+
+Each selected Conv/Linear layer's non-zero weights are clustered (1-D k-means, Lloyd's algorithm)
+into ``2**bits`` centroids; every weight is replaced by its centroid, so the layer stores a small
+codebook plus a ``bits``-bit index per non-zero. Centroid initialisation: ``linear`` (evenly spaced
+between the smallest and largest weight: Deep Compression's best, it keeps the rare large weights),
+``density`` (quantiles (i + 1/2)/k of the weights' distribution) or ``random`` (k weights drawn
+at random, Forgy).
+
+Zeros of a pruned layer are *not* clustered: a separate 0/1 mask keeps them exactly zero, and all
+``2**bits`` centroids are for the non-zeros. The layer's weight becomes a parametrization
+(``SharedWeights``: ``where(mask, codebook[indices], +0.0)``), so fine-tuning (``Task.train``)
+updates the codebook, and autograd of the gather sums the gradients of all weights of a cluster into
+its centroid, as Han et al. do; any later training (``learn.distill``) trains the centroids the same
+way. The weight's stored ``original`` tensor is never read: it holds a dense copy of the clustered
+weight, taken when this technique returns, so parameter and non-zero counts (and the dense FP32
+size) of the model stay those of its layers (its zeros are the mask's; its values go stale if the
+centroids are trained later).
+
+Clustering a layer twice is refused (ConfigError): apply ``share.cluster`` once per layer, with the
+final bits (several steps with disjoint ``layers`` give per-layer bits). The returned model has ``storage_tensors()`` (see ``deep_compression``): "bytes on disk" is the
+size of the codebooks + packed indices (or their Huffman coding when ``huffman`` is on).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+from torch.nn.utils import parametrize
+
+from ...core.config import TechniqueConfig
+from ...core.errors import ConfigError, UnsupportedModuleError
+from ...core.registry import register
+from ...core.scope import is_excluded, match_scopes
+from ..prune.distribution import PRUNABLE
+
+__all__ = ["ClusterConfig", "SharedWeights", "cluster", "clustered_layers", "kmeans_1d", "shared_weights_of"]
+
+INITS = ("linear", "density", "random")
+
+
+class ClusterConfig(TechniqueConfig):
+    """Weight sharing: k-means clustering of each layer's non-zero weights into 2**bits values."""
+
+    bits: int = Field(4, ge=1, le=8, description="index bits per weight: 2**bits shared values per layer")
+    conv_bits: int | None = Field(None, ge=1, le=8, description="bits for Conv layers (Deep Compression: 8 conv, 5 fc); None = bits")
+    init: Literal["linear", "density", "random"] = Field("linear", description="centroid initialisation")
+    iters: int = Field(100, ge=1, le=10000, description="most k-means (Lloyd) iterations per layer")
+    layers: tuple[str, ...] = Field((), description="module-name glob patterns to cluster; empty = every Conv/Linear")
+    exclude: tuple[str, ...] = Field((), description="module-name glob patterns left unclustered")
+    finetune_epochs: float = Field(0.0, ge=0.0, description="epochs of centroid fine-tuning (trained quantization)")
+    lr: float = Field(1e-4, gt=0.0, description="fine-tuning learning rate")
+    huffman: bool = Field(False, description="store relative indices + Huffman-coded streams (Deep Compression's last stage)")
+    index_bits: int = Field(0, ge=0, le=8, description="bits of a relative position gap (Han: 8 conv, 5 fc); 0 = the smallest per layer")
+    seed: int = Field(0, ge=0, description="seed of the random initialisation")
+
+
+class SharedWeights(nn.Module):
+    """Parametrization: weight = where(mask, codebook[indices], +0.0); ``original`` is not read."""
+
+    def __init__(self, codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor,
+                 huffman: bool = False, index_bits: int = 0) -> None:
+        super().__init__()
+        self.codebook = nn.Parameter(codebook.detach().clone())
+        # Not in the state dict: ``original`` holds the dense clustered weight, from which both
+        # follow; keeping them out keeps the state dict the size of the dense model.
+        self.register_buffer("indices", indices.detach().to(torch.uint8).clone(), persistent=False)
+        self.register_buffer("mask", mask.detach().bool().clone(), persistent=False)
+        self.huffman, self.index_bits = bool(huffman), int(index_bits)
+
+    @property
+    def bits(self) -> int:
+        return max(1, (self.codebook.numel() - 1).bit_length())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        w = self.codebook[self.indices.long()]
+        return torch.where(self.mask, w, torch.zeros((), dtype=w.dtype))
+
+
+def shared_weights_of(module: nn.Module) -> SharedWeights | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return next((p for p in module.parametrizations.weight if isinstance(p, SharedWeights)), None)
+
+
+def clustered_layers(model: nn.Module) -> list[tuple[str, nn.Module, SharedWeights]]:
+    """(name, module, parametrization) of every clustered layer, in module order."""
+    out = []
+    for name, m in model.named_modules():
+        p = shared_weights_of(m)
+        if p is not None:
+            out.append((name, m, p))
+    return out
+
+
+def _init(values: torch.Tensor, k: int, how: str, seed: int) -> torch.Tensor:
+    if how == "linear":
+        return torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64)
+    if how == "density":
+        return torch.quantile(values, (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+    g = torch.Generator().manual_seed(seed)
+    return values[torch.randperm(values.numel(), generator=g)[:k]].sort().values
+
+
+def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", iters: int = 100,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids sorted ascending, index of each value's centroid) by Lloyd's algorithm.
+
+    In 1-D the nearest centroid is found by binary search over the midpoints of the sorted
+    centroids. A centroid left with no value keeps its position (it is never chosen by the data,
+    but stays in the codebook). Computed in float64; stops early when no assignment changes.
+    """
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}: use one of {INITS}")
+    v = values.detach().reshape(-1).double()
+    if k >= v.numel():
+        raise ConfigError(f"{k} clusters for {v.numel()} weights: use fewer bits (clusters must be fewer than weights)")
+    c = _init(v, k, init, seed)
+    assign = None
+    for _ in range(iters):
+        c = c.sort().values
+        new = torch.searchsorted((c[1:] + c[:-1]) / 2, v)
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, v)
+        counts = torch.bincount(assign, minlength=k)
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+    return c, assign
+
+
+def _bits_for(m: nn.Module, cfg: ClusterConfig) -> int:
+    is_conv = isinstance(m, nn.modules.conv._ConvNd)
+    return cfg.conv_bits if is_conv and cfg.conv_bits is not None else cfg.bits
+
+
+def _weight_id(m: nn.Module) -> int:
+    """Identity of a layer's stored weight (a parametrized weight is recomputed on every access)."""
+    return id(m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight)
+
+
+def _selected(model: nn.Module, cfg: ClusterConfig) -> list[tuple[str, nn.Module]]:
+    excluded = match_scopes(model, cfg.exclude)  # a pattern matching nothing raises
+    chosen = match_scopes(model, cfg.layers) if cfg.layers else None
+    users: dict[int, int] = {}
+    layers = []
+    for name, m in model.named_modules():  # a module used twice is listed once
+        if not isinstance(m, PRUNABLE):
+            continue
+        users[_weight_id(m)] = users.get(_weight_id(m), 0) + 1
+        if not is_excluded(name, excluded) and (chosen is None or is_excluded(name, chosen)):
+            layers.append((name, m))
+    if not layers:
+        raise ConfigError("share.cluster selected no Conv/Linear layer: check 'layers' and 'exclude'")
+    for name, m in layers:
+        if shared_weights_of(m) is not None:
+            raise ConfigError(f"layer {name!r} is already clustered: apply share.cluster once per layer, with the final bits")
+        if users[_weight_id(m)] > 1:
+            raise UnsupportedModuleError(
+                f"layer {name!r} shares its weight with another module (tied weights); share.cluster cannot "
+                "cluster tied weights yet: exclude it"
+            )
+        if parametrize.is_parametrized(m, "weight"):
+            raise ConfigError(f"layer {name!r} has a parametrized weight (an unfolded pruning mask?): fold it first")
+        if m.weight.dtype != torch.float32:
+            raise UnsupportedModuleError(
+                f"layer {name!r} ({type(m).__name__}) has {m.weight.dtype} weights; share.cluster needs float32: call model.float()"
+            )
+        if not torch.isfinite(m.weight).all():
+            raise ConfigError(f"layer {name!r} has NaN/Inf weights: fix the model before clustering")
+    return layers
+
+
+def _mark(model: nn.Module) -> None:
+    """Give the model a ``storage_tensors()`` method (a per-instance subclass, as torch's
+    parametrize does for the layers), so measured bytes on disk are the clustered file's."""
+    if isinstance(model, _Clustered):
+        return
+    cls = model.__class__
+    model.__class__ = type(f"Clustered{cls.__name__}", (_Clustered, cls), {})
+
+
+class _Clustered:
+    def storage_tensors(self) -> dict[str, torch.Tensor]:
+        """Non-clustered tensors as in the state dict + one Deep Compression blob of the clustered
+        layers (see ``effdl.compress.share.deep_compression``)."""
+        from .deep_compression import storage_tensors
+
+        return storage_tensors(self)
+
+
+@torch.no_grad()
+def refresh(model: nn.Module) -> None:
+    """Copy each clustered layer's current weight into its ``original`` (dense copy)."""
+    for _, m, _ in clustered_layers(model):
+        m.parametrizations.weight.original.copy_(m.weight)
+
+
+def _needs(cfg: ClusterConfig) -> str:
+    return "training" if cfg.finetune_epochs > 0 else "nothing"
+
+
+@register("share.cluster", ClusterConfig, needs=_needs)
+def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
+    """Weight sharing: k-means of each layer's non-zero weights into 2**bits values (+ fine-tuning)."""
+    if type(model).__name__ == "QuantizedModel":
+        raise ConfigError("share.cluster must come before quantize.ptq in a recipe (the model is already quantized)")
+    layers = _selected(model, cfg)
+    plans = []
+    for name, m in layers:
+        w = m.weight.detach()
+        mask = w != 0
+        k = 1 << _bits_for(m, cfg)
+        nnz = int(mask.sum())
+        if k >= nnz:
+            raise ConfigError(
+                f"layer {name!r} has {nnz} non-zero weights, not more than its {k} clusters: "
+                f"lower bits (or conv_bits), or exclude {name!r}"
+            )
+        centroids, assign = kmeans_1d(w[mask], k, cfg.init, cfg.iters, cfg.seed)
+        indices = torch.zeros(w.shape, dtype=torch.uint8)
+        indices[mask] = assign.to(torch.uint8)
+        plans.append((m, SharedWeights(centroids.to(w.dtype), indices, mask, cfg.huffman, cfg.index_bits)))
+    for m, p in plans:
+        parametrize.register_parametrization(m, "weight", p, unsafe=True)
+        m.parametrizations.weight.original.requires_grad_(False)  # never read: keep it out of training
+    _mark(model)
+    refresh(model)
+    if cfg.finetune_epochs > 0:
+        task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
+        refresh(model)
+    return model.eval()
