@@ -11,7 +11,9 @@ import json
 from dataclasses import dataclass
 
 from ..compress.prune import ChannelPruneConfig, HeadPruneConfig, MagnitudeConfig, WeightPruneConfig, head_sites
-from ..compress.quantize import PTQConfig
+from ..compress.lowrank import SVDConfig, TuckerConfig
+from ..compress.quantize import PTQConfig, WeightOnlyConfig
+from ..compress.share import ClusterConfig
 from ..core.errors import ConfigError, suggest
 from ..learn import DistillConfig
 from .recipe import Recipe
@@ -68,7 +70,27 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
     return [CandidateSpec(f"c{i:02d}", label, Recipe(steps), rts) for i, (label, steps, rts) in enumerate(grid)]
 
 
-STRATEGIES = {"shrink-and-improve": shrink_and_improve}
+def broad(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0, model=None) -> list[CandidateSpec]:
+    """shrink-and-improve plus the other compression families: low-rank factorization (SVD of Linear
+    layers, Tucker-2 of convolutions), weight sharing (Deep Compression: prune -> distill -> k-means
+    -> Huffman) and 4-bit group-wise weights. Families that do not fit the model are left out."""
+    grid = shrink_and_improve(finetune_epochs=finetune_epochs, distill_epochs=distill_epochs, model=model)
+    kd = DistillConfig(epochs=distill_epochs, lr=1e-3)
+    p90 = MagnitudeConfig(sparsity=0.9, schedule="iterative", rounds=4, finetune_epochs=finetune_epochs)
+    extra = [
+        ("prune 90% + distill + share 4-bit (Deep Compression)", (p90, kd, ClusterConfig(bits=4, huffman=True))),
+        ("int4 weights (group 32)", (WeightOnlyConfig(bits=4, granularity="group", group_size=32),)),
+    ]
+    kinds = {type(m).__name__ for m in model.modules()} if model is not None else {"Linear", "Conv2d"}
+    if "Linear" in kinds:
+        extra.append(("low-rank SVD 25% + distill", (SVDConfig(rank="ratio", ratio=0.25, finetune_epochs=finetune_epochs), kd)))
+    if "Conv2d" in kinds:
+        extra.append(("Tucker-2 50% + distill", (TuckerConfig(ratio=0.5, finetune_epochs=finetune_epochs), kd)))
+    start = len(grid)
+    return grid + [CandidateSpec(f"c{start + i:02d}", label, Recipe(steps)) for i, (label, steps) in enumerate(extra)]
+
+
+STRATEGIES = {"shrink-and-improve": shrink_and_improve, "broad": broad}
 
 
 def candidates_for(strategy: str, **kw) -> list[CandidateSpec]:
