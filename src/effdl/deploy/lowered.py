@@ -28,8 +28,8 @@ class Lowered:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "int8"):
-            raise ConfigError(f"Lowered.precision must be 'fp32' or 'int8', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "int8"):
+            raise ConfigError(f"Lowered.precision must be 'fp32', 'bf16' or 'int8', got {self.precision!r}")
 
 
 def as_logits(out: Any) -> torch.Tensor:

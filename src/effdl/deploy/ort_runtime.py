@@ -1,4 +1,4 @@
-"""ONNX Runtime lowerings (CPU): FP32 and static QDQ INT8.
+"""ONNX Runtime lowerings (CPU): FP32, static QDQ INT8 and dynamic INT8.
 
 INT8 follows REFERENCE.md: per-channel int8 weights with uint8 activations (U8S8); ORT's default
 int8 activations (S8S8) run slower than FP32 on this CPU. Layers a ``QuantizedModel`` keeps in
@@ -129,23 +129,60 @@ def _collect_root_logging(records: list[str]):
         root.handlers = saved
 
 
-def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+def _quantized_source(model: nn.Module, runtime: str, mode: str):
+    """(config, float model) of a QuantizedModel of ``mode``, or a ConfigError saying what to do."""
     config = getattr(model, "config", None)
     float_model = getattr(model, "float_model", None)
     if float_model is None or config is None:
-        raise ConfigError("ort-int8 runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+        raise ConfigError(f"{runtime} runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+    if getattr(config, "mode", "static") != mode:
+        other = "ort-int8" if mode == "dynamic" else "ort-int8-dynamic"
+        raise ConfigError(f"{runtime} runs quantize.ptq results with mode={mode!r}, this one is "
+                          f"mode={config.mode!r}: use the {other} runtime")
+    return config, float_model
+
+
+def _quantize_onnx(model: nn.Module, task, workdir: Path, tag: str, quantize) -> tuple[Path, Path, list[str], list[str], float]:
+    """Export the float model, run ``quantize(pre_processed, out, nodes_to_exclude)`` (an ORT
+    quantizer call) and move the result to ``<stem>.<tag>.onnx`` atomically.
+
+    Returns (quantized path, float path, nodes kept FP32, quantizer notes, seconds).
+    """
+    float_model = model.float_model
     check_size(float_model)
     workdir = Path(workdir)
     stem = _stem(float_model)
     float_path = workdir / f"{stem}.float.onnx"
-    out = workdir / f"{stem}.int8.onnx"
+    out = workdir / f"{stem}.{tag}.onnx"
     t0 = time.perf_counter()
     export_onnx(float_model, task.example_input(2), float_path)
     keep_float = tuple(dict.fromkeys(model.excluded + model.float_modules()))
     exclude_nodes = _float_nodes(float_path, keep_float)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=f".{tag}-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        staged = Path(tmp) / f"{tag}.onnx"
+        try:
+            # ORT's calibrators print progress to stdout
+            with contextlib.redirect_stdout(io.StringIO()), _collect_root_logging(notes):
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                quant_pre_process(str(float_path), str(pre))
+                quantize(pre, staged, exclude_nodes)
+        except Exception as exc:  # ORT's quantizer raises many types
+            raise UnsupportedModuleError(
+                f"ONNX Runtime quantization ({tag}) failed: {type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}. "
+                "Fix: use the pt2e-int8 (static) or torch-int8-dynamic (dynamic) runtime for this model"
+            ) from None
+        os.replace(staged, out)  # same file system: the final name appears complete or not at all
+    return out, float_path, exclude_nodes, notes, time.perf_counter() - t0
+
+
+def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    config, _ = _quantized_source(model, "ort-int8", "static")
     if config.calibration == "percentile":
         # ORT's default percentile range is symmetric (|x| histogram, -t..t), which wastes half of
         # uint8 on ReLU outputs: ask for the raw-value histogram. ORT then cuts (100 - p)/2 % from
@@ -155,28 +192,16 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     else:
         method, extra = CalibrationMethod.MinMax, {}
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(dir=workdir, prefix=".ort-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        staged = Path(tmp) / "int8.onnx"
-        try:
-            # ORT's calibrators print progress to stdout
-            with contextlib.redirect_stdout(io.StringIO()), _collect_root_logging(notes):
-                quant_pre_process(str(float_path), str(pre))
-                quantize_static(
-                    str(pre), str(staged), _Reader(model.calibration, "input"),
-                    quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=method, nodes_to_exclude=exclude_nodes, extra_options=extra,
-                )
-        except Exception as exc:  # ORT's quantizer raises many types
-            raise UnsupportedModuleError(
-                f"ONNX Runtime static quantization failed: {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}. "
-                "Fix: use the pt2e-int8 runtime for this model"
-            ) from None
-        os.replace(staged, out)  # same file system: the final name appears complete or not at all
-    quant_s = time.perf_counter() - t0
+
+    def quantize(pre: Path, staged: Path, exclude_nodes: list[str]) -> None:
+        quantize_static(
+            str(pre), str(staged), _Reader(model.calibration, "input"),
+            quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method, nodes_to_exclude=exclude_nodes, extra_options=extra,
+        )
+
+    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, task, workdir, "int8", quantize)
     sess = session(out, threads)
     info = _info(sess, out, threads, quantize_s=quant_s)
     info.update(
@@ -189,7 +214,37 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     return Lowered("ort-int8", "int8", False, _predict(sess), out, info)
 
 
-def _count_qdq(path: Path) -> int:
+def lower_ort_int8_dynamic(model: nn.Module, *, task, workdir: Path, threads: int,
+                           batch_sizes: tuple[int, ...]) -> Lowered:
+    """ORT ``quantize_dynamic``: int8 weights of MatMul/Gemm (the Linear layers), activations
+    quantized per batch at run time (DynamicQuantizeLinear + MatMulInteger). Convs stay FP32, as in
+    torch's dynamic INT8, so both dynamic runtimes run the same model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    config, _ = _quantized_source(model, "ort-int8-dynamic", "dynamic")
+
+    def quantize(pre: Path, staged: Path, exclude_nodes: list[str]) -> None:
+        quantize_dynamic(str(pre), str(staged), op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=config.weight_granularity == "channel", weight_type=QuantType.QInt8,
+                         nodes_to_exclude=exclude_nodes, extra_options={"WeightSymmetric": True})
+
+    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, task, workdir, "int8-dynamic", quantize)
+    sess = session(out, threads)
+    info = _info(sess, out, threads, quantize_s=quant_s)
+    info.update(
+        quantization=config.to_dict(), float_onnx=str(float_path),
+        scheme="dynamic: uint8 activations quantized per batch, int8 symmetric weights (MatMulInteger)",
+        per_channel=config.weight_granularity == "channel", nodes_kept_float=exclude_nodes,
+        integer_nodes=_count_ops(out, ("MatMulInteger", "ConvInteger")), quantizer_notes=notes[:20],
+    )
+    return Lowered("ort-int8-dynamic", "int8", False, _predict(sess), out, info)
+
+
+def _count_ops(path: Path, op_types: tuple[str, ...]) -> int:
     import onnx
 
-    return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    return sum(n.op_type in op_types for n in onnx.load(str(path)).graph.node)
+
+
+def _count_qdq(path: Path) -> int:
+    return _count_ops(path, ("QuantizeLinear",))

@@ -2,7 +2,8 @@
 
 ``RUNTIMES`` maps a runtime name to its lowering, a description and what it accepts ("float" or
 "quantized" models). ``lower(model, name, ...)`` returns a ``Lowered``; ``runtimes_for(model)``
-lists the runtimes that fit a model. Adding a runtime = one function + one registry entry.
+lists the runtimes that fit a model (opt-in runtimes, ``default=False``, run only when named).
+Adding a runtime = one function + one registry entry.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import torch.nn as nn
 
 from ..core.errors import ConfigError, UnsupportedModuleError, suggest
 from .lowered import Lowered, check_batch_sizes, check_threads
-from .ort_runtime import lower_ort, lower_ort_int8
+from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic
 from .sparse_exec import has_sparse_linear, lower_sparse_eager
-from .torch_runtime import lower_compile, lower_eager, lower_pt2e_int8
+from .torch_runtime import lower_bf16, lower_compile, lower_eager, lower_pt2e_int8, lower_torch_int8_dynamic
 
 __all__ = ["Lowered", "RUNTIMES", "Runtime", "is_quantized", "lower", "runtimes_for"]
 
@@ -26,16 +27,32 @@ class Runtime(NamedTuple):
     description: str
     accepts: str  # "float" | "quantized"
     applies: Callable[[nn.Module], bool] | None = None  # worth trying on this model? (None: always)
+    default: bool = True  # listed by runtimes_for; False: lossy float runtimes tried only when named
+
+
+def _ptq_mode(mode: str) -> Callable[[nn.Module], bool]:
+    def applies(model: nn.Module) -> bool:
+        return getattr(getattr(model, "config", None), "mode", "static") == mode
+    return applies
 
 
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime(lower_eager, "PyTorch eager FP32 (eval, inference_mode)", "float"),
     "compile": Runtime(lower_compile, "torch.compile (inductor) FP32 with freezing, static shapes", "float"),
     "ort": Runtime(lower_ort, "ONNX Runtime CPU FP32 (dynamo ONNX export, all graph optimizations)", "float"),
-    "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels", "quantized"),
-    "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized"),
+    "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels",
+                         "quantized", _ptq_mode("static")),
+    "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized",
+                        _ptq_mode("static")),
+    "torch-int8-dynamic": Runtime(lower_torch_int8_dynamic, "PyTorch eager quantize_dynamic INT8 (Linear layers, "
+                                  "activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
+    "ort-int8-dynamic": Runtime(lower_ort_int8_dynamic, "ONNX Runtime quantize_dynamic INT8 (MatMulInteger, Linear "
+                                "layers, activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
     "eager-sparse": Runtime(lower_sparse_eager, "PyTorch eager FP32 with torch CSR/BSR Linear layers where measured "
                             "faster than dense", "float", has_sparse_linear),
+    # lossy (bf16 rounding), so an explicit choice rather than a default FP32 candidate
+    "bf16": Runtime(lower_bf16, "torch.compile (inductor, freezing) under CPU bfloat16 autocast: oneDNN bf16/AMX "
+                    "kernels; lossy (SQNR/top-1 parity)", "float", default=False),
 }
 
 
@@ -48,7 +65,8 @@ def is_quantized(model: nn.Module) -> bool:
 def runtimes_for(model: nn.Module) -> list[str]:
     """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
     kind = "quantized" if is_quantized(model) else "float"
-    return [name for name, rt in RUNTIMES.items() if rt.accepts == kind and (rt.applies is None or rt.applies(model))]
+    return [name for name, rt in RUNTIMES.items()
+            if rt.default and rt.accepts == kind and (rt.applies is None or rt.applies(model))]
 
 
 def _check_fp32(model: nn.Module, runtime: str) -> None:
@@ -83,6 +101,9 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
         fix = ("apply quantize.ptq first" if rt.accepts == "quantized"
                else "pass the float model, or use one of " + ", ".join(runtimes_for(model)))
         raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got a {kind} model: {fix}")
+    if kind == "quantized" and rt.applies is not None and not rt.applies(model):
+        raise ConfigError(f"runtime {runtime!r} does not run this quantized model (mode="
+                          f"{getattr(model.config, 'mode', 'static')!r}): use one of {', '.join(runtimes_for(model))}")
     _check_fp32(model.float_model if kind == "quantized" else model, runtime)
     threads = check_threads(threads)
     batch_sizes = check_batch_sizes(batch_sizes)

@@ -1,4 +1,5 @@
-"""PyTorch lowerings: eager FP32, torch.compile FP32 with freezing, PT2E INT8 + torch.compile.
+"""PyTorch lowerings: eager FP32, torch.compile FP32 with freezing, PT2E INT8 + torch.compile,
+dynamic INT8 (eager quantize_dynamic) and BF16 (autocast + torch.compile).
 
 Compiled runtimes follow REFERENCE.md: inductor freezing is switched on globally only inside a
 scoped patch (passing it as a compile option fails for quantized models), shapes are static
@@ -139,6 +140,9 @@ def lower_pt2e_int8(model: nn.Module, *, task, workdir: Path, threads: int, batc
     reference = getattr(model, "reference", None)
     if reference is None:
         raise ConfigError("pt2e-int8 runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+    if getattr(model.config, "mode", "static") != "static":
+        raise ConfigError("pt2e-int8 runs quantize.ptq results with mode='static', this one is "
+                          f"mode={model.config.mode!r}: use the torch-int8-dynamic runtime")
     before = dict(counters["inductor"])
     compiled = _Compiled(reference, _examples(task, batch_sizes), threads)
     kernels = _int8_kernel_counts(before, dict(counters["inductor"]))
@@ -150,3 +154,59 @@ def lower_pt2e_int8(model: nn.Module, *, task, workdir: Path, threads: int, batc
             # batch sizes (empty would mean the q/dq graph only simulates INT8)
             "int8_kernels_lowered": kernels}
     return Lowered("pt2e-int8", "int8", False, compiled, None, info)
+
+
+def lower_torch_int8_dynamic(model: nn.Module, *, task, workdir: Path, threads: int,
+                             batch_sizes: tuple[int, ...]) -> Lowered:
+    """torch ``quantize_dynamic`` (eager): int8 Linear weights, uint8 activations quantized per
+    batch at run time by the x86/fbgemm dynamic linear kernels; other layers FP32."""
+    reference = getattr(model, "reference", None)
+    config = getattr(model, "config", None)
+    if reference is None or config is None:
+        raise ConfigError("torch-int8-dynamic runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
+    if config.mode != "dynamic":
+        raise ConfigError(f"torch-int8-dynamic runs quantize.ptq results with mode='dynamic', this one is "
+                          f"mode={config.mode!r}: use the pt2e-int8 runtime")
+    info = {"threads": threads, "engine": torch.backends.quantized.engine, "quantization": config.to_dict(),
+            "int8_modules": list(model.quantized_modules),
+            "scheme": "torch quantize_dynamic: uint8 activations per batch, int8 symmetric weights [-127, 127]"}
+    return Lowered("torch-int8-dynamic", "int8", False, _eager_predict(reference, threads), None, info)
+
+
+class _Autocast(nn.Module):
+    """``module`` run under CPU autocast to bfloat16 (matmuls/convs in bf16, reductions in fp32)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.module(x)
+
+
+def lower_bf16(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
+    """torch.compile (inductor, freezing) of the model under bfloat16 autocast: oneDNN bf16 kernels
+    (AMX where the CPU has it; REFERENCE.md measured 2.7-5.4x over eager FP32 here). Lossy: parity
+    is checked by SQNR and top-1 agreement, like INT8."""
+    model.eval()
+    compiled = _Compiled(_Autocast(model).eval(), _examples(task, batch_sizes), threads)
+    info = {"threads": threads, "backend": "inductor", "freezing": True, "dynamic": False, "autocast": "bfloat16",
+            "compiled_batch_sizes": list(batch_sizes), "compile_s": round(compiled.compile_s, 3),
+            "amx": _has_amx()}
+    return Lowered("bf16", "bf16", False, compiled, None, info)
+
+
+def _has_amx() -> bool:
+    try:
+        return "amx" in torch.backends.cpu.get_cpu_capability().lower() or _cpuinfo_has("amx_bf16")
+    except Exception:  # capability query is best-effort information only
+        return False
+
+
+def _cpuinfo_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False

@@ -1,10 +1,18 @@
 """Quantization techniques (importing registers them)."""
+from .binary import BinaryConfig, ExtremeQuantModel, TernaryConfig
 from .float_formats import FloatFormatConfig, FloatFormatModel
+from .mixed import MixedConfig, MixedPrecisionModel
 from .ptq import PTQConfig, QuantizedModel
+from .qat import QATConfig
 from .weight_only import WeightOnlyConfig, WeightOnlyModel
 
 PTQ = PTQConfig
 Weights = WeightOnlyConfig
 Float = FloatFormatConfig
-__all__ = ["Float", "FloatFormatConfig", "FloatFormatModel", "PTQ", "PTQConfig", "QuantizedModel", "WeightOnlyConfig",
-           "WeightOnlyModel", "Weights"]
+QAT = QATConfig
+Binary = BinaryConfig
+Ternary = TernaryConfig
+Mixed = MixedConfig
+__all__ = ["Binary", "BinaryConfig", "ExtremeQuantModel", "Float", "FloatFormatConfig", "FloatFormatModel", "Mixed",
+           "MixedConfig", "MixedPrecisionModel", "PTQ", "PTQConfig", "QAT", "QATConfig", "QuantizedModel", "Ternary",
+           "TernaryConfig", "WeightOnlyConfig", "WeightOnlyModel", "Weights"]

@@ -5,9 +5,19 @@ per-tensor affine activations, int8 symmetric weights per output channel. Weight
 restricted range [-127, 127] with scale = max|w| / 127 (floored at 2**-12), the same symmetric
 range ONNX Runtime's quantizer uses, so both INT8 runtimes and the stored int8 tensors agree.
 
-The result is a ``QuantizedModel``: the untouched float model, the calibration batches and the
+The result is a ``QuantizedModel``: the float model (the caller's, or its prepared copy, below), the calibration batches and the
 PT2E-converted q/dq graph, whose eager forward simulates INT8 (quantize/dequantize in float). Real int8 execution is the
 job of the deploy lowerings (``pt2e-int8``, ``ort-int8``).
+
+``mode="dynamic"`` quantizes the Linear layers' weights only, activations at run time per batch
+(torch's ``quantize_dynamic``; lowerings ``torch-int8-dynamic``, ``ort-int8-dynamic``): no activation
+ranges to calibrate, the usual choice for MLP/attention-heavy models.
+
+Optional float-side preparation, in this order, all on the copy being quantized: ``fold_bn``
+(bn_fold.py, lossless), ``equalize`` (equalize.py, cross-layer equalization, lossless),
+``rounding="adaround"`` (adaround.py, learned int8 rounding written back as dequantized weights)
+and ``bias_correction`` (bias_correction.py). ``float_model`` is the prepared model: what every
+INT8 runtime quantizes and what parity is checked against.
 """
 from __future__ import annotations
 
@@ -32,7 +42,7 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class PTQConfig(TechniqueConfig):
-    """Post-training static INT8 quantization settings."""
+    """Post-training INT8 quantization settings (static or dynamic activations)."""
 
     bits: Literal[8] = pydantic.Field(8, description="integer width; only 8 for now")
     weight_granularity: Literal["channel", "tensor"] = pydantic.Field(
@@ -43,6 +53,17 @@ class PTQConfig(TechniqueConfig):
     num_batches: int = pydantic.Field(8, ge=1, description="calibration batches from the train split")
     batch_size: int = pydantic.Field(32, ge=1, description="calibration batch size")
     exclude: tuple[str, ...] = pydantic.Field((), description="module-name glob patterns kept in FP32")
+    mode: Literal["static", "dynamic"] = pydantic.Field(
+        "static", description="static: calibrated uint8 activations, Conv and Linear; dynamic: activations "
+        "quantized per batch at run time, Linear layers only")
+    fold_bn: bool = pydantic.Field(False, description="fold BatchNorm into the preceding Conv/Linear first (lossless)")
+    equalize: bool = pydantic.Field(
+        False, description="cross-layer equalization of consecutive layers (Nagel et al. 2019); needs fold_bn")
+    bias_correction: bool = pydantic.Field(
+        False, description="subtract the calibration-measured output shift of weight rounding from biases; needs fold_bn")
+    rounding: Literal["nearest", "adaround"] = pydantic.Field(
+        "nearest", description="int8 weight rounding: nearest, or learned per layer (AdaRound); adaround needs fold_bn")
+    adaround_iterations: int = pydantic.Field(500, ge=1, le=100_000, description="optimizer steps per layer for AdaRound")
 
     @pydantic.field_validator("bits", mode="before")
     @classmethod
@@ -54,9 +75,21 @@ class PTQConfig(TechniqueConfig):
             )
         return v
 
+    @pydantic.model_validator(mode="after")
+    def _needs_folding(self):
+        wanted = [n for n, on in (("equalize", self.equalize), ("bias_correction", self.bias_correction),
+                                  ("rounding='adaround'", self.rounding == "adaround")) if on]
+        if wanted and not self.fold_bn:
+            # the int8 kernels fold BN into the weights themselves, which would undo work done on
+            # the unfolded weights (and a BN between two layers blocks equalization)
+            raise ValueError(f"{', '.join(wanted)} needs fold_bn=True (the int8 kernels quantize BatchNorm-folded "
+                             "weights); set fold_bn=True as well (a no-op on models without BatchNorm)")
+        return self
+
 
 class QuantizedModel(nn.Module):
-    """A float model plus its calibrated INT8 (PT2E q/dq) twin; ``forward`` simulates INT8.
+    """A float model plus its INT8 twin: the calibrated PT2E q/dq graph (static; ``forward``
+    simulates INT8) or torch's dynamic-INT8 model (dynamic; ``forward`` runs its int8 kernels).
 
     Inference only: ``train()`` just records the flag (the exported graph has no training mode).
     """
@@ -84,6 +117,11 @@ class QuantizedModel(nn.Module):
         """Conv/Linear modules left in FP32 (excluded, or a type the int8 kernels lack)."""
         return tuple(n for n, m in self.float_model.named_modules()
                      if isinstance(m, _WEIGHTED) and n not in self.quantized_modules)
+
+    @property
+    def unsupported(self) -> tuple[str, ...]:
+        """Conv/Linear modules kept in FP32 only because no int8 kernel matched them (not excluded)."""
+        return tuple(n for n in self.float_modules() if not _under(n, self.excluded))
 
     def storage_tensors(self) -> dict[str, torch.Tensor]:
         """What an INT8 checkpoint stores: int8 weights + float32 scales, everything else as is.
@@ -116,6 +154,10 @@ def quantize_weight(w: torch.Tensor, granularity: str) -> tuple[torch.Tensor, to
     return q, scale
 
 
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 # -- validation --------------------------------------------------------------------------------
 def _check_finite(model: nn.Module) -> None:
     bad = sorted({name.rpartition(".")[0] or "(root)"
@@ -126,6 +168,86 @@ def _check_finite(model: nn.Module) -> None:
             f"quantize.ptq: NaN/Inf in the weights of module(s) {', '.join(map(repr, bad))}; "
             "INT8 ranges cannot be computed. Fix the checkpoint (retrain, or lower the learning rate)"
         )
+
+
+def _check_calibration(model: nn.Module, calibration: list[torch.Tensor], task) -> None:
+    """Finite batches of the task's input shape that the model accepts, or a DataError saying which."""
+    expected = tuple(getattr(task, "input_shape", ()) or ())
+    for i, x in enumerate(calibration):
+        if expected and tuple(x.shape[1:]) != expected:
+            raise DataError(
+                f"quantize.ptq: calibration batch {i} has samples of shape {tuple(x.shape[1:])}, expected "
+                f"{expected} (the task's input shape): make the calibration data match the model's inputs"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"quantize.ptq: calibration batch {i} contains NaN/Inf: clean the train split")
+    try:
+        with torch.no_grad():
+            model(calibration[0][:2])
+    except Exception as exc:  # the model's own error type; what matters is the shape it refused
+        raise DataError(
+            f"quantize.ptq: the model fails on a calibration batch of shape {tuple(calibration[0].shape)} "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}): "
+            "calibrate with inputs of the shape the model expects"
+        ) from None
+
+
+def _candidates(model: nn.Module, config: PTQConfig, excluded: tuple[str, ...]) -> list[str]:
+    """Layers whose weights the chosen mode's int8 kernels quantize (forward order), excluded ones aside."""
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Linear) if config.mode == "static" else (nn.Linear,)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds) and not _under(n, excluded)]
+
+
+def prepare_float(model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
+                  excluded: tuple[str, ...]) -> nn.Module:
+    """The float model every INT8 runtime will quantize: BN folding, equalization, AdaRound and
+    bias correction as configured (each step returns or edits a copy, never the caller's model)."""
+    if config.fold_bn:
+        from .bn_fold import fold_batchnorm
+
+        model = fold_batchnorm(model)
+    if config.equalize:
+        from .equalize import equalize
+
+        model = equalize(model)
+    layers = _candidates(model, config, excluded)
+    if config.rounding == "adaround":
+        from .adaround import adaround
+
+        adaround(model, layers, calibration, config.weight_granularity, iterations=config.adaround_iterations)
+    if config.bias_correction:
+        from .bias_correction import correct_bias
+
+        def dequantize(w: torch.Tensor) -> torch.Tensor:
+            q, scale = quantize_weight(w, config.weight_granularity)
+            return q.float() * scale.reshape((-1,) + (1,) * (w.dim() - 1))
+
+        correct_bias(model, layers, calibration, dequantize)
+    return model.eval()
+
+
+def build_dynamic_reference(model: nn.Module, config: PTQConfig,
+                            excluded: tuple[str, ...]) -> tuple[nn.Module, tuple[str, ...]]:
+    """torch's dynamic INT8 (real int8 Linear kernels) with effdl's weight scheme: symmetric
+    [-127, 127], scale max|w| / 127 per output channel (or per tensor)."""
+    from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, PlaceholderObserver, QConfig
+    from torch.ao.quantization import quantize_dynamic
+
+    if config.weight_granularity == "channel":
+        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                    quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX, eps=EPS)
+    else:
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric,
+                                          quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX, eps=EPS)
+    act = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
+    layers = _candidates(model, config, excluded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization's deprecation notice
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
+        reference = quantize_dynamic(copy.deepcopy(model), {n: QConfig(activation=act, weight=weight) for n in layers},
+                                     dtype=torch.qint8)
+    return reference.eval(), tuple(layers)
 
 
 # -- PT2E --------------------------------------------------------------------------------------
@@ -294,19 +416,21 @@ def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     _check_finite(model)
     excluded = tuple(sorted(match_scopes(model, config.exclude)))
     calibration = task.calibration_batches(config.num_batches, config.batch_size)
-    for i, x in enumerate(calibration):
-        if not bool(torch.isfinite(x).all()):
-            raise DataError(f"quantize.ptq: calibration batch {i} contains NaN/Inf: clean the train split")
-    reference, int8 = build_reference(model, config, calibration, excluded)
+    _check_calibration(model, calibration, task)
+    model = prepare_float(model, config, calibration, excluded)
+    if config.mode == "static":
+        reference, int8 = build_reference(model, config, calibration, excluded)
+        kernels = "the x86 int8 quantizer (Conv1d/Conv2d and Linear patterns) did not match them"
+    else:
+        reference, int8 = build_dynamic_reference(model, config, excluded)
+        kernels = "dynamic int8 kernels (torch and ONNX Runtime) here cover Linear layers only"
     result = QuantizedModel(model, config, calibration, reference, int8, excluded)
-    unsupported = [n for n in result.float_modules()
-                   if not any(n == e or n.startswith(e + ".") for e in excluded)]
-    if unsupported:
-        kinds = {n: type(model.get_submodule(n)).__name__ for n in unsupported}
+    if result.unsupported:
+        kinds = {n: type(model.get_submodule(n)).__name__ for n in result.unsupported}
         warnings.warn(
-            "quantize.ptq: kept in FP32 because the x86 int8 quantizer (Conv1d/Conv2d and Linear "
-            "patterns) did not match them: " + ", ".join(f"{n!r} ({k})" for n, k in kinds.items())
-            + ". Every INT8 runtime keeps them FP32 too",
+            f"quantize.ptq: kept in FP32 because {kernels}: "
+            + ", ".join(f"{n!r} ({k})" for n, k in kinds.items())
+            + ". Every INT8 runtime keeps them FP32 too (listed in QuantizedModel.unsupported)",
             UserWarning, stacklevel=2,
         )
     return result
