@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from ...core.config import TechniqueConfig
+from ...core.forms import refuse_quantized
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.records import attach
 from ...core.scope import is_excluded, match_scopes
@@ -82,8 +83,7 @@ def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types:
               factorize: Callable[[str, nn.Module], tuple[nn.Module, dict]],
               accept: Callable[[str, nn.Module], str | None] = lambda n, m: None, extra: dict | None = None) -> nn.Module:
     """Replace each selected layer by ``factorize``'s module, record the outcome, fine-tune if asked."""
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError(f"{technique} must come before quantize.ptq in a recipe (the model is already quantized)")
+    refuse_quantized(model, technique)
     chosen, skipped = select(model, cfg, types, technique, accept)
     if not chosen and not skipped:
         kinds = " or ".join(t.__name__ for t in types)

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
+from ...core.forms import refuse_quantized
 from ...core.records import attach
 from ...core.registry import register
 from ...core.scope import match_scopes
@@ -188,6 +189,7 @@ def plan(scores: list[torch.Tensor], ratio: float, scope: str) -> list[list[int]
 @register("prune.heads", HeadPruneConfig, needs=_needs)
 def prune_heads(model: nn.Module, cfg: HeadPruneConfig, task) -> nn.Module:
     """Remove attention heads by l1/taylor/random saliency; q/k/v/output projections shrink."""
+    refuse_quantized(model, "prune.heads")
     sites = head_sites(model)
     if not sites:
         raise UnsupportedModuleError(

@@ -23,6 +23,7 @@ from pydantic import Field
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
 from ...core.records import attach, records
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from .sparse_training import Masks, apply_masks, masked_train, prunable_layers, reinitialise
 
@@ -101,8 +102,7 @@ def find_ticket(
     "ticket" or "control". History: ``{"config": ..., "theta0_step": ..., "rounds": [{"round",
     "weights_remaining", "remaining_per_layer", "ticket": {val/test accuracy}, "control": {...}}]}``.
     """
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError("prune.lottery must come before quantize.ptq in a recipe (the model is quantized)")
+    refuse_quantized(model, "prune.lottery")
     if cfg.rewind == "init" and cfg.rewind_step != 0:
         raise ConfigError("rewind_step only applies to rewind='early'; set rewind='early' or rewind_step=0")
     if cfg.rewind == "early" and cfg.rewind_step < 1:

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, ModelError
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import weighted_layers
 from .distribution import PRUNABLE
@@ -192,8 +193,7 @@ def masked_train(
 def sparse_train(model: nn.Module, task, cfg: SparseTrainingConfig,
                  on_step: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, Masks]:
     """Re-initialise ``model`` and train it sparse per ``cfg``; returns (model, final masks)."""
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError("prune.sparse_training must come before quantize.ptq in a recipe (the model is quantized)")
+    refuse_quantized(model, "prune.sparse_training")
     reinitialise(model, cfg.seed)
     layers = prunable_layers(model, cfg.exclude)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import match_scopes
 from . import surgery
@@ -189,8 +190,7 @@ def check_forward(model: nn.Module, example: torch.Tensor, expected: torch.Size)
 @register("prune.channels", ChannelPruneConfig, needs=_channel_needs)
 def prune_channels(model: nn.Module, cfg: ChannelPruneConfig, task) -> nn.Module:
     """Structured channel/neuron pruning with physical surgery (Torch-Pruning dependency graph)."""
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError("prune.channels must come before quantize.ptq in a recipe (the model is already quantized)")
+    refuse_quantized(model, "prune.channels")
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise ConfigError(f"parameter {name!r} has NaN/Inf values: fix the model before pruning")
@@ -292,6 +292,7 @@ def block_impacts(model: nn.Module, blocks: list[str], batches) -> dict[str, flo
 @register("prune.layers", LayerPruneConfig, needs=_layer_needs)
 def prune_layers(model: nn.Module, cfg: LayerPruneConfig, task) -> nn.Module:
     """Remove the residual blocks whose removal costs least (validation loss or weight-norm proxy)."""
+    refuse_quantized(model, "prune.layers")
     example = _example(model, cfg, task)
     blocks = residual_blocks(model, example)
     if not blocks:

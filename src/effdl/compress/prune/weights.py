@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
 from ...core.records import attach
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from . import masks as masklib
 from . import saliency as sal
@@ -114,8 +115,7 @@ class _Pruner:
 @register("prune.weights", WeightPruneConfig, needs=_needs)
 def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
     """Weight pruning (unstructured, N:M, blocks; any saliency, distribution and schedule)."""
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError(f"{cfg.technique} must come before quantize.ptq in a recipe (the model is already quantized)")
+    refuse_quantized(model, cfg.technique)
     pruner = _Pruner(model, cfg, task)
     try:
         if cfg.schedule == "gradual":

@@ -34,9 +34,10 @@ from ...core.records import attach
 from ...core.registry import register
 from .packing import pack, unpack
 from .qat import histogram_record
-from .weight_only import WEIGHTED, refuse_quantized, target_layers
+from ...core.forms import refuse_quantized
+from .weight_only import WEIGHTED, target_layers
 
-__all__ = ["BinaryConfig", "ExtremeQuantModel", "TernaryConfig", "binarize", "load_extreme", "refuse_any_quantized", "ternarize"]
+__all__ = ["BinaryConfig", "ExtremeQuantModel", "TernaryConfig", "binarize", "load_extreme", "ternarize"]
 
 Kind = Literal["binary", "ternary"]
 BITS = {"binary": 1, "ternary": 2}
@@ -103,6 +104,8 @@ class _STE(nn.Module):
 class ExtremeQuantModel(nn.Module):
     """A model whose target weights hold alpha * code (run dequantized), plus their packed form."""
 
+    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
+
     def __init__(self, model: nn.Module, kind: str, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         super().__init__()
         self.model = model
@@ -163,16 +166,9 @@ def load_extreme(model: nn.Module, tensors: dict[str, torch.Tensor], kind: Kind)
 
 
 # -- the techniques ----------------------------------------------------------------------------
-def refuse_any_quantized(model: nn.Module, technique: str) -> None:
-    """weight_only.refuse_quantized, binary/ternary models included."""
-    refuse_quantized(model, technique)
-    if isinstance(model, ExtremeQuantModel):
-        raise ConfigError(f"{technique}: the model is already quantized ({model.kind}); apply {technique} to the float model")
-
-
 def _run(model: nn.Module, cfg: _ExtremeConfig, task, kind: str) -> ExtremeQuantModel:
     name = f"quantize.{kind}"
-    refuse_any_quantized(model, name)
+    refuse_quantized(model, name)
     if not any(isinstance(m, WEIGHTED) for m in model.modules()):
         raise UnsupportedModuleError(
             f"{name}: the model has no Conv/Linear layer (only {sorted({type(m).__name__ for m in model.modules()})}); "

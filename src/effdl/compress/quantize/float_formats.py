@@ -25,7 +25,8 @@ from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError
 from ...core.registry import register
 from .scheme import FLOAT_FORMATS, float_dtype, round_to_float_format, to_float_format
-from .weight_only import refuse_quantized, target_layers
+from ...core.forms import refuse_quantized
+from .weight_only import target_layers
 
 FloatFormat = Literal["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
 
@@ -51,6 +52,8 @@ def _round_input(fmt: str, module: nn.Module, args: tuple):
 
 class FloatFormatModel(nn.Module):
     """A model whose converted weights hold format-rounded values; ``storage_tensors`` in the real dtype."""
+
+    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
     def __init__(self, model: nn.Module, config: FloatFormatConfig, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError, ConfigError
 from ...core.records import attach
 from ...core.registry import register
-from .binary import refuse_any_quantized
+from ...core.forms import refuse_quantized
 from .packing import packed_nbytes
 from .qat import histogram_record
 from .scheme import check_bits
@@ -210,7 +210,7 @@ def _hessian_sens(model, task, layers, cfg: MixedConfig) -> tuple[dict[str, dict
 @register("quantize.mixed", MixedConfig, needs="calibration")
 def mixed(model: nn.Module, cfg: MixedConfig, task) -> MixedPrecisionModel:
     """Per-layer weight widths (e.g. 2/4/8 bits) from measured sensitivity under a size budget; packed weight-only."""
-    refuse_any_quantized(model, "quantize.mixed")
+    refuse_quantized(model, "quantize.mixed")
     if task is None:
         raise ConfigError("quantize.mixed measures sensitivity on data: pass task=ImageClassification(...)")
     model.eval()

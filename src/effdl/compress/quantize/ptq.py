@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, DataError, UnsupportedModuleError
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import match_scopes
 
@@ -93,6 +94,8 @@ class QuantizedModel(nn.Module):
 
     Inference only: ``train()`` just records the flag (the exported graph has no training mode).
     """
+
+    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
     def __init__(self, float_model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
                  reference: nn.Module, quantized_modules: tuple[str, ...], excluded: tuple[str, ...]) -> None:
@@ -408,8 +411,7 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
 @register("quantize.ptq", PTQConfig, needs="calibration")
 def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     """Post-training static INT8 (per-channel int8 weights, uint8 activations), real-batch calibrated."""
-    if isinstance(model, QuantizedModel):
-        raise ConfigError("quantize.ptq: the model is already quantized; apply quantize.ptq to the float model")
+    refuse_quantized(model, "quantize.ptq")
     if task is None:
         raise ConfigError("quantize.ptq needs calibration data: pass task=ImageClassification(...)")
     model = model.eval()

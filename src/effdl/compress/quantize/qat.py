@@ -49,6 +49,7 @@ from torch.nn.utils import parametrize
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
 from ...core.records import attach
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from .calibration import MovingAverageMinMax
 from .packing import pack
@@ -290,11 +291,7 @@ def _fake_quantized(layers, cfg: QATConfig):
 @register("quantize.qat", QATConfig, needs="training")
 def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
     """Quantization-aware training (fake quant + STE, optional LSQ scales); INT8 via PTQ or packed weight-only."""
-    from .binary import (
-        refuse_any_quantized,  # binary.py imports this module's records helpers
-    )
-
-    refuse_any_quantized(model, "quantize.qat")
+    refuse_quantized(model, "quantize.qat")
     if task is None:
         raise ConfigError("quantize.qat needs training data: pass task=ImageClassification(...)")
     layers = target_layers(model, cfg.exclude, cfg.keep_first_last)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError, ConfigError
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import weighted_layers
 from .packing import pack, unpack
@@ -85,6 +86,8 @@ class WeightOnlyModel(nn.Module):
     Inference model: ``forward`` is the wrapped model's. ``storage_tensors()`` gives the packed
     form (fine-tuning it would move the weights off the grid; quantize after training).
     """
+
+    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
     def __init__(self, model: nn.Module, config: WeightOnlyConfig, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         super().__init__()
@@ -162,15 +165,6 @@ def dequantize_weight(parts: dict[str, torch.Tensor], shape: torch.Size, cfg: We
 
 
 # -- checks shared with quantize.float -------------------------------------------------------------
-def refuse_quantized(model: nn.Module, technique: str) -> None:
-    """ConfigError if ``model`` is already quantized (quantize.ptq, quantize.weights or quantize.float)."""
-    from .float_formats import FloatFormatModel  # it imports this module
-
-    if isinstance(model, (QuantizedModel, WeightOnlyModel, FloatFormatModel)):
-        raise ConfigError(
-            f"{technique}: the model is already quantized ({type(model).__name__}); apply {technique} to the float model")
-
-
 def target_layers(model: nn.Module, exclude, keep_first_last: bool) -> list[tuple[str, nn.Module]]:
     """Conv/Linear layers to convert (exclusions applied), refusing NaN/Inf weights."""
     layers = weighted_layers(model, WEIGHTED, exclude)

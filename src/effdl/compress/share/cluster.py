@@ -32,6 +32,7 @@ from torch.nn.utils import parametrize
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
+from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import is_excluded, match_scopes
 from ..prune.distribution import PRUNABLE
@@ -205,8 +206,7 @@ def _needs(cfg: ClusterConfig) -> str:
 @register("share.cluster", ClusterConfig, needs=_needs)
 def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
     """Weight sharing: k-means of each layer's non-zero weights into 2**bits values (+ fine-tuning)."""
-    if type(model).__name__ == "QuantizedModel":
-        raise ConfigError("share.cluster must come before quantize.ptq in a recipe (the model is already quantized)")
+    refuse_quantized(model, "share.cluster")
     layers = _selected(model, cfg)
     plans = []
     for name, m in layers:
