@@ -35,7 +35,7 @@ from ...core.registry import register
 from .packing import pack, unpack
 from .qat import histogram_record
 from ...core.forms import refuse_quantized
-from .weight_only import WEIGHTED, target_layers
+from .weight_only import WEIGHTED, EncodedWeightsModel, target_layers
 
 __all__ = ["BinaryConfig", "ExtremeQuantModel", "TernaryConfig", "binarize", "load_extreme", "ternarize"]
 
@@ -101,33 +101,12 @@ class _STE(nn.Module):
 
 
 # -- the model -----------------------------------------------------------------------------------
-class ExtremeQuantModel(nn.Module):
-    """A model whose target weights hold alpha * code (run dequantized), plus their packed form."""
-
-    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
+class ExtremeQuantModel(EncodedWeightsModel):
+    """Target weights hold alpha * code (run dequantized); parts ``packed`` (uint8) + ``alpha`` (float32 [out])."""
 
     def __init__(self, model: nn.Module, kind: str, parts: dict[str, dict[str, torch.Tensor]]) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, parts)
         self.kind = kind
-        #: per quantized module: {"packed": uint8, "alpha": float32 [out]}
-        self.parts = parts
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    @property
-    def quantized_modules(self) -> tuple[str, ...]:
-        return tuple(self.parts)
-
-    def storage_tensors(self) -> dict[str, torch.Tensor]:
-        """``<module>.weight.packed`` + ``<module>.weight.alpha`` per quantized module, other tensors as is."""
-        quantized = {id(self.model.get_submodule(n).weight) for n in self.parts}
-        out = {f"{n}.weight.{k}": t for n, p in self.parts.items() for k, t in p.items()}
-        for key, t in self.model.state_dict(keep_vars=True).items():
-            if id(t) not in quantized:
-                out[key] = t.detach()
-        return out
 
 
 def _pack_codes(codes: torch.Tensor, kind: str) -> torch.Tensor:

@@ -26,7 +26,7 @@ from ...core.errors import ArtifactError
 from ...core.registry import register
 from .scheme import FLOAT_FORMATS, float_dtype, round_to_float_format, to_float_format
 from ...core.forms import refuse_quantized
-from .weight_only import target_layers
+from .weight_only import EncodedWeightsModel, target_layers
 
 FloatFormat = Literal["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
 
@@ -50,35 +50,16 @@ def _round_input(fmt: str, module: nn.Module, args: tuple):
     return (round_to_float_format(x, fmt),) + tuple(args[1:]) if torch.is_tensor(x) and x.is_floating_point() else None
 
 
-class FloatFormatModel(nn.Module):
-    """A model whose converted weights hold format-rounded values; ``storage_tensors`` in the real dtype."""
-
-    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
+class FloatFormatModel(EncodedWeightsModel):
+    """Converted weights hold format-rounded values; parts ``weight`` (the format's real dtype, stored
+    as ``<module>.weight``) (+ ``scale``, float32)."""
 
     def __init__(self, model: nn.Module, config: FloatFormatConfig, parts: dict[str, dict[str, torch.Tensor]]) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, parts)
         self.config = config
-        #: per converted module: {"weight": tensor in the format's dtype} (+ {"scale": float32})
-        self.parts = parts
         if config.activations:
             for name in parts:
                 model.get_submodule(name).register_forward_pre_hook(functools.partial(_round_input, config.format))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def storage_tensors(self) -> dict[str, torch.Tensor]:
-        converted = {id(self.model.get_submodule(n).weight) for n in self.parts}
-        out = {}
-        for n, p in self.parts.items():
-            out[f"{n}.weight"] = p["weight"]
-            if "scale" in p:
-                out[f"{n}.weight.scale"] = p["scale"]
-        for key, t in self.model.state_dict(keep_vars=True).items():
-            if id(t) not in converted:
-                out[key] = t.detach()
-        return out
 
 
 def _encode(w: torch.Tensor, cfg: FloatFormatConfig) -> dict[str, torch.Tensor]:

@@ -80,20 +80,21 @@ class WeightOnlyConfig(TechniqueConfig):
             group_size=self.group_size, scale_restriction="pow2" if self.format == "pow2" else "none")
 
 
-class WeightOnlyModel(nn.Module):
-    """A model whose Conv/Linear weights hold dequantized values, plus their packed codes.
+class EncodedWeightsModel(nn.Module):
+    """A model whose converted weights hold their decoded float values, plus the encoded parts that
+    are stored instead (weight-only codes, float formats, binary/ternary signs).
 
-    Inference model: ``forward`` is the wrapped model's. ``storage_tensors()`` gives the packed
-    form (fine-tuning it would move the weights off the grid; quantize after training).
+    Inference model: ``forward`` is the wrapped model's (run by decoding: no low-bit kernel here).
+    ``storage_tensors()`` gives ``<module>.weight.<part>`` for each encoded part (a part named
+    ``weight`` is stored as ``<module>.weight`` itself) and every other tensor of the state dict as is.
     """
 
     effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
-    def __init__(self, model: nn.Module, config: WeightOnlyConfig, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+    def __init__(self, model: nn.Module, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         super().__init__()
         self.model = model
-        self.config = config
-        #: per quantized module: the stored tensors (keys of PARTS)
+        #: per converted module: the stored tensors
         self.parts = parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,14 +105,22 @@ class WeightOnlyModel(nn.Module):
         return tuple(self.parts)
 
     def storage_tensors(self) -> dict[str, torch.Tensor]:
-        """``<module>.weight.packed`` (uint8) + ``.scale`` (+ ``.zero_point`` / ``.codebook``) per
-        quantized module; every other tensor of the model's state dict as is."""
-        quantized = {id(self.model.get_submodule(n).weight) for n in self.parts}
-        out = {f"{n}.weight.{k}": t for n, p in self.parts.items() for k, t in p.items()}
+        encoded = {id(self.model.get_submodule(n).weight) for n in self.parts}
+        out = {(f"{n}.weight" if k == "weight" else f"{n}.weight.{k}"): t
+               for n, p in self.parts.items() for k, t in p.items()}
         for key, t in self.model.state_dict(keep_vars=True).items():
-            if id(t) not in quantized:
+            if id(t) not in encoded:
                 out[key] = t.detach()
         return out
+
+
+class WeightOnlyModel(EncodedWeightsModel):
+    """Weight-only quantized: parts ``packed`` (uint8 codes) + ``scale`` (+ ``zero_point`` /
+    ``codebook``); fine-tuning would move the weights off the grid (quantize after training)."""
+
+    def __init__(self, model: nn.Module, config: WeightOnlyConfig, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+        super().__init__(model, parts)
+        self.config = config
 
 
 # -- one weight <-> its parts -----------------------------------------------------------------------
