@@ -22,11 +22,9 @@ split is only reported. Figure to meet: >= 35x smaller file at <= 0.5 point test
 """
 from __future__ import annotations
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block, zoo_task
 
-import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -66,16 +64,6 @@ MODELS = {
                  "conv 5, fc 4 bits": {"0": 5, "3": 5, "7": 4, "9": 4, "11": 4}},
     },
 }
-
-
-def _task(model_name: str):
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
-    from effdl.zoo import trained
-
-    splits = load_data("mnist")
-    model = trained(model_name, "mnist")
-    return ImageClassification(model, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
 
 
 def _acc(task, model) -> dict:
@@ -156,7 +144,7 @@ def run_model(model_name: str, mode: dict, log) -> dict:
     from effdl.deploy.storage import load_compact, save_compact
 
     spec = MODELS[model_name]
-    task = _task(model_name)
+    task = zoo_task(model_name)
     base = task.model
     lr = mode["lr"]
     tmp = Path(tempfile.mkdtemp(prefix=f"dc-{model_name}-"))
@@ -285,32 +273,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter fine-tuning, to check that the script works")
-    ap.add_argument("--threads", type=int, default=1, help="1: a second thread slows these tiny models on a shared CPU")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deep_compression.md")
-    ap.add_argument("--render", type=Path, help="only re-render the tables from this results .json")
-    args = ap.parse_args(argv)
-    if args.render:
-        from effdl.core.io import atomic_write
-
-        data = json.loads(args.render.read_text())
-        atomic_write(args.out, render(data["results"], data["meta"]))
-        return 0
-
-    import torch
-
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    name = "quick" if args.quick else "full"
-    start = time.perf_counter()
-    res = run(MODES[name], lambda s: print(s, flush=True))
-    meta = {"mode_name": name, "mode": MODES[name], "seconds": time.perf_counter() - start,
-            "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "deep_compression", MODES, run, render, argv)
 
 
 if __name__ == "__main__":

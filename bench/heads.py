@@ -17,14 +17,11 @@ numbers are one seeded run.
 """
 from __future__ import annotations
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block
 
-import argparse
-import copy
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +132,16 @@ def minilm_part(mode: dict, threads: int, log) -> list[dict]:
     return rows
 
 
+def run(mode: dict, log) -> dict:
+    import tempfile
+
+    import torch
+
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        return {"encoder": encoder_part(mode, threads, Path(tmp), log), "minilm": minilm_part(mode, threads, log)}
+
+
 def render(res: dict, meta: dict) -> str:
     enc, mini = res["encoder"], res["minilm"]
     base = enc[0]
@@ -163,32 +170,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "heads.md")
-    args = ap.parse_args(argv)
-    from effdl.metrics.latency import reexec_with_steady_malloc
-
-    reexec_with_steady_malloc([str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])])
-    import tempfile
-
-    import torch
-
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    name = "quick" if args.quick else "full"
-    start = time.perf_counter()
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory() as tmp:
-        res = {"encoder": encoder_part(MODES[name], args.threads, Path(tmp), log),
-               "minilm": minilm_part(MODES[name], args.threads, log)}
-    meta = {"mode_name": name, "mode": MODES[name], "threads": args.threads, "seconds": time.perf_counter() - start,
-            "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "heads", MODES, run, render, argv, threads=2, steady_malloc=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ run per cell; run-to-run noise here is ~0.2-0.4 points.
 """
 from __future__ import annotations
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block, zoo_task
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -30,16 +29,6 @@ MODES = {
 }
 
 
-def _task(model_name: str, data: str):
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
-    from effdl.zoo import trained
-
-    splits = load_data(data)
-    return ImageClassification(trained(model_name, data), splits.train, splits.val, splits.test,
-                               num_classes=splits.num_classes)
-
-
 def run(mode: dict, log) -> list[dict]:
     from effdl.compress.prune import ChannelPruneConfig
     from effdl.core.records import records
@@ -48,7 +37,7 @@ def run(mode: dict, log) -> list[dict]:
 
     rows = []
     for model_name, data in mode["models"]:
-        task = _task(model_name, data)
+        task = zoo_task(model_name, data)
         lr = recipe_for(model_name, data).lr
         base = task.evaluate(task.model, "test")["accuracy"]
         e, r = mode["epochs"], mode["rounds"]
@@ -102,31 +91,17 @@ def render(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--ratios", type=float, nargs="+", help="override the mode's channel ratios")
-    ap.add_argument("--epochs", type=float, help="override the mode's fine-tuning epochs E")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "iterative.md")
-    args = ap.parse_args(argv)
-    import torch
+    def add_args(ap):
+        ap.add_argument("--ratios", type=float, nargs="+", help="override the mode's channel ratios")
+        ap.add_argument("--epochs", type=float, help="override the mode's fine-tuning epochs E")
 
-    from effdl.metrics.env import environment
+    def adjust(mode, args):
+        if args.ratios:
+            mode["ratios"] = tuple(args.ratios)
+        if args.epochs:
+            mode["epochs"] = args.epochs
 
-    torch.set_num_threads(args.threads)
-    name = "quick" if args.quick else "full"
-    mode = dict(MODES[name])
-    if args.ratios:
-        mode["ratios"] = tuple(args.ratios)
-    if args.epochs:
-        mode["epochs"] = args.epochs
-    start = time.perf_counter()
-    rows = run(mode, lambda s: print(s, flush=True))
-    meta = {"mode_name": name, "mode": mode, "seconds": time.perf_counter() - start,
-            "environment": environment(threads=args.threads)}
-    publish(args.out, render(rows, meta), {"meta": meta, "results": rows}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "iterative", MODES, run, render, argv, add_args=add_args, adjust=adjust)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ machine; accuracies are one seeded run each.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block, zoo_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +29,6 @@ MODES = {
              "epochs": {"mlp": 3.0, "resnet20": 1.0}, "rounds": 7, "min_time_s": 0.2},
 }
 STUDIES = (("mlp", "svd"), ("resnet20", "tucker"))
-
-
-def _task(model_name: str):
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
-    from effdl.zoo import trained
-
-    splits = load_data("mnist")
-    model = trained(model_name, "mnist")
-    return ImageClassification(model, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
 
 
 def _acc(task, model) -> float:
@@ -62,7 +50,7 @@ def _variants(model_name: str, method: str, mode: dict, log) -> list[dict]:
     from effdl.core.registry import apply
     from effdl.zoo import recipe_for
 
-    task = _task(model_name)
+    task = zoo_task(model_name)
     lr, epochs = recipe_for(model_name, "mnist").lr, mode["epochs"][model_name]
     n_params = lambda m: sum(p.numel() for p in m.parameters())
     out = [{"label": "dense", "ratio": None, "params": n_params(task.model), "acc_before": _acc(task, task.model),
@@ -103,11 +91,14 @@ def _time_interleaved(rows: list[dict], example, mode: dict, threads: int) -> No
         row["latency_rounds_ms"] = {str(b): [round(v, 4) for v in samples[(i, b)]] for b in (1, 32)}
 
 
-def run(mode: dict, threads: int, log) -> dict:
+def run(mode: dict, log) -> dict:
+    import torch
+
+    threads = torch.get_num_threads()
     out = {}
     for model_name, method in STUDIES:
         rows = _variants(model_name, method, mode, log)
-        task = _task(model_name)
+        task = zoo_task(model_name)
         _time_interleaved(rows, task.example_input, mode, threads)
         dense = rows[0]
         for row in rows:
@@ -145,32 +136,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer ranks, shorter fine-tuning and timing (a few minutes)")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for training and timing")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lowrank.md")
-    ap.add_argument("--render", type=Path, help="only re-render the tables from this results .json")
-    args = ap.parse_args(argv)
-    if args.render:
-        from effdl.core.io import atomic_write
-
-        data = json.loads(args.render.read_text())
-        atomic_write(args.out, render(data["results"], data["meta"]))
-        return 0
-
-    import torch
-
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    name = "quick" if args.quick else "full"
-    start = time.perf_counter()
-    res = run(MODES[name], args.threads, lambda s: print(s, flush=True))
-    meta = {"mode_name": name, "mode": MODES[name], "threads": args.threads, "seconds": time.perf_counter() - start,
-            "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "lowrank", MODES, run, render, argv)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ method sees; each number is one seeded run (noise between seeds is about 0.2-0.4
 """
 from __future__ import annotations
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block, zoo_task
 
-import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,16 +31,6 @@ MODES = {
              "epochs": 10, "rounds": 5},
 }
 MODELS = ("lenet5", "mlp")
-
-
-def _task(model_name: str):
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
-    from effdl.zoo import trained
-
-    splits = load_data("mnist")
-    model = trained(model_name, "mnist")
-    return ImageClassification(model, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
 
 
 def _acc(task, model) -> float:
@@ -88,7 +76,7 @@ def run(mode: dict, log) -> dict:
     E, R = mode["epochs"], mode["rounds"]
     out: dict = {"baseline": {}, "iterative_vs_oneshot": [], "gradual": [], "vs_torch": []}
     for model_name in MODELS:
-        task, lr = _task(model_name), _lr(model_name)
+        task, lr = zoo_task(model_name), _lr(model_name)
         base = _acc(task, task.model)
         out["baseline"][model_name] = base
         log(f"{model_name}: dense test accuracy {base}%")
@@ -173,33 +161,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer sparsities and a shorter budget (a few minutes)")
-    ap.add_argument("--threads", type=int, default=1, help="1: a second thread slows these tiny models on a shared CPU")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pruning.md")
-    ap.add_argument("--render", type=Path, help="only re-render the tables from this results .json")
-    args = ap.parse_args(argv)
-    if args.render:
-        from effdl.core.io import atomic_write
-
-        data = json.loads(args.render.read_text())
-        atomic_write(args.out, render(data["results"], data["meta"]))
-        return 0
-
-    import torch
-
-    from effdl.core.io import atomic_write
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    name = "quick" if args.quick else "full"
-    start = time.perf_counter()
-    res = run(MODES[name], lambda s: print(s, flush=True))
-    meta = {"mode_name": name, "mode": MODES[name], "seconds": time.perf_counter() - start,
-            "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "pruning", MODES, run, render, argv)
 
 
 if __name__ == "__main__":

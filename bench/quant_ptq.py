@@ -20,7 +20,7 @@ timings from a busy machine are not to be quoted.
 """
 from __future__ import annotations
 
-from _publish import environment_block, publish
+from _publish import environment_block, publish, zoo_task
 
 import argparse
 import contextlib
@@ -41,16 +41,6 @@ MODES = {
     "full": {"rounds": 7, "repeats": 50, "min_time_s": 0.3, "warmup": 10,
              "peer_models": ["lenet5:mnist", "mnist1d_cnn:mnist1d", "mlp:mnist"]},
 }
-
-
-def _task(model_name: str, data_name: str):
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
-    from effdl.zoo import trained
-
-    d = load_data(data_name)
-    model = trained(model_name, data_name).eval()
-    return ImageClassification(model, d.train, d.val, d.test, num_classes=d.num_classes)
 
 
 def accuracy(predict, task, split: str = "test", batch: int = 32) -> float:
@@ -94,7 +84,7 @@ def bench_accuracy(model_name: str, data_name: str, variants: dict, log) -> dict
     from effdl.core.registry import apply
     from effdl.deploy.parity import sqnr_db
 
-    task = _task(model_name, data_name)
+    task = zoo_task(model_name, data_name)
     base = accuracy(task.model, task)
     x = torch.cat([xb for xb, _ in task.loader("val", 256)])
     with torch.no_grad():
@@ -168,7 +158,7 @@ def bench_peers(model_name: str, data_name: str, mode: dict, threads: int, workd
     from effdl.deploy.runtimes import lower
     from effdl.metrics.latency import measure_latency
 
-    task = _task(model_name, data_name)
+    task = zoo_task(model_name, data_name)
     wd = workdir / model_name
     wd.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
