@@ -13,13 +13,11 @@ Conv/Linear weights. Accuracy only: every model runs by dequantizing (no timing 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = (("lenet5", "mnist", "LeNet-5 / MNIST subset"), ("mnist1d_cnn", "mnist1d", "MNIST-1D CNN"))
@@ -70,7 +68,10 @@ def _weight_sqnr(ref, model) -> float:
     return round(sqnr_db(torch.cat(a), torch.cat(b)), 1)
 
 
-def run(quick: bool, log) -> dict:
+MODES = {"quick": {"quick": True}, "full": {"quick": False}}
+
+def run(mode: dict, log) -> dict:
+    quick = mode["quick"]
     from effdl.core.registry import apply
     from effdl.core.task import ImageClassification
     from effdl.data import load_data
@@ -105,7 +106,7 @@ def render(res: dict, meta: dict) -> str:
          "Weight-only post-training quantization of the cached trained baselines, no fine-tuning, no calibration data. "
          "Test accuracy in % (one run; the formats are deterministic), drop in points vs FP32, bytes of the compact "
          "safetensors file (packed codes + float32 scales/zero points/codebooks + FP32 biases + header), ratio = FP32 bytes / bytes. "
-         f"Run: `python bench/quant_formats.py{' --quick' if meta['quick'] else ''}` ({meta['seconds']:.0f} s).", ""]
+         f"Run: `python bench/quant_formats.py{' --quick' if meta['mode']['quick'] else ''}` ({meta['seconds']:.0f} s).", ""]
     for r in res.values():
         L += [f"## {r['label']} ({r['test_size']} test examples)", "",
               "| format | config | test acc | drop | bytes | x smaller | weight SQNR (dB) |", "|---|---|---|---|---|---|---|"]
@@ -122,23 +123,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="skip the FP8-unscaled rows")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quant_formats.md")
-    args = ap.parse_args(argv)
-
-    import torch
-
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    res = run(args.quick, lambda s: print(s, flush=True))
-    meta = {"quick": args.quick, "seconds": time.perf_counter() - start, "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "quant_formats", MODES, run, render, argv)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ The figure to meet: INT4 group-wise QAT within 1 point of FP32. One run, seed 0.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _publish import environment_block, publish
+from _publish import bench_main, environment_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +67,10 @@ def _bytes(model, tmp: Path) -> int:
     return save_compact(model_tensors(model), tmp / "m.safetensors")
 
 
-def run(quick: bool, log) -> dict:
+MODES = {"quick": {"quick": True}, "full": {"quick": False}}
+
+def run(mode: dict, log) -> dict:
+    quick = mode["quick"]
     from effdl.core.records import records
     from effdl.core.registry import apply
     from effdl.core.task import ImageClassification
@@ -125,7 +127,7 @@ def render(res: dict, meta: dict) -> str:
          "seed 0), drop in points vs FP32, bytes of the compact safetensors file (packed codes + float32 scales + FP32 "
          f"biases + header), ratio = FP32 bytes / bytes. QAT and STE rows train {res['epochs']:g} epochs (AdamW, "
          "cosine schedule, lr 1e-3) from the trained float model; 'seconds' is the technique's wall time on a shared "
-         f"machine (not a benchmark). Run: `python bench/quant_qat.py{' --quick' if meta['quick'] else ''}` "
+         f"machine (not a benchmark). Run: `python bench/quant_qat.py{' --quick' if meta['mode']['quick'] else ''}` "
          f"({meta['seconds']:.0f} s).", "",
          f"Figure: {fig['target']}: measured drop {fig['drop']:+.2f} points -> {'met' if fig['met'] else 'NOT met'}.", "",
          "| weights | method | config | test acc | drop | bytes | x smaller | seconds | note |",
@@ -146,23 +148,7 @@ def render(res: dict, meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 training epochs per QAT/STE row instead of 5")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quant_qat.md")
-    args = ap.parse_args(argv)
-
-    import torch
-
-    from effdl.metrics.env import environment
-
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    res = run(args.quick, lambda s: print(s, flush=True))
-    meta = {"quick": args.quick, "seconds": time.perf_counter() - start, "environment": environment(threads=args.threads)}
-    publish(args.out, render(res, meta), {"meta": meta, "results": res}, echo=False)
-    print(f"wrote {args.out}")
-    return 0
+    return bench_main(__doc__, "quant_qat", MODES, run, render, argv)
 
 
 if __name__ == "__main__":
