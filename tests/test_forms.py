@@ -11,7 +11,8 @@ BEFORE_QUANTIZATION = sorted(n for n in techniques() if n.split(".")[0] in ("pru
 
 
 # configs whose defaults are incomplete on purpose (one of two fields must be chosen)
-REQUIRED = {"prune.layers": {"num_blocks": 1}, "quantize.mixed": {"budget_bits_per_weight": 4.0}}
+REQUIRED = {"prune.layers": {"num_blocks": 1}, "quantize.mixed": {"budget_bits_per_weight": 4.0},
+            "learn.hint": {"student_layers": ("1",), "teacher_layers": ("1",)}}
 
 
 @pytest.fixture(scope="module")
