@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"quick": {"ratios": (0.25, 0.5, 0.75), "epochs": 2.0, "rounds": 3, "minilm_ratios": (0.25, 0.5)},
-         "full": {"ratios": (0.25, 0.5, 0.75), "epochs": 4.0, "rounds": 5, "minilm_ratios": (0.25, 0.5, 0.75)}}
+MODES = {"quick": {"ratios": (0.25, 0.5, 0.75), "epochs": 2.0, "rounds": 3, "minilm_ratios": (0.25, 0.5), "random_seeds": 5},
+         "full": {"ratios": (0.25, 0.5, 0.75), "epochs": 4.0, "rounds": 5, "minilm_ratios": (0.25, 0.5, 0.75),
+                  "random_seeds": 10}}
 
 
 def _interleaved(fns: dict, x, rounds: int, threads: int) -> dict[str, float]:
@@ -57,12 +58,17 @@ def encoder_part(mode: dict, threads: int, workdir: Path, log) -> list[dict]:
              "params": sum(p.numel() for p in task.model.parameters())}]
     for ratio in mode["ratios"]:
         for saliency in ("taylor", "l1", "random"):
-            m = apply(task, HeadPruneConfig(ratio=ratio, saliency=saliency))
-            before = task.evaluate(m, "test")["accuracy"]  # the saliency's own quality: damage before recovery
-            task.train(m, epochs=mode["epochs"], lr=5e-4)
-            name = f"{ratio:.0%} {saliency}"
-            rows.append({"variant": name, "ratio": ratio, "saliency": saliency, "test": task.evaluate(m, "test")["accuracy"],
-                         "test_before_ft": before,
+            # the random control is one draw of many: its mean over seeds is the fair reference
+            seeds = range(mode["random_seeds"]) if saliency == "random" else (0,)
+            befores, afters = [], []
+            for seed in seeds:
+                m = apply(task, HeadPruneConfig(ratio=ratio, saliency=saliency, seed=seed))
+                befores.append(task.evaluate(m, "test")["accuracy"])  # the saliency's own quality: damage before recovery
+                task.train(m, epochs=mode["epochs"], lr=5e-4)
+                afters.append(task.evaluate(m, "test")["accuracy"])
+            name = f"{ratio:.0%} {saliency}" + (f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else "")
+            rows.append({"variant": name, "ratio": ratio, "saliency": saliency, "test": statistics.mean(afters),
+                         "test_before_ft": statistics.mean(befores),
                          "heads": sum(head_counts(m).values()), "params": sum(p.numel() for p in m.parameters())})
             if saliency == "taylor":
                 variants[name] = m
