@@ -30,7 +30,7 @@ from ...core.forms import refuse_quantized
 from ...core.records import attach
 from ...core.registry import register
 from ...core.scope import match_scopes
-from .structured import train_batches
+from .structured import below_one, train_batches
 
 
 @dataclass
@@ -85,12 +85,6 @@ def head_sites(model: nn.Module) -> list[HeadSite]:
     return sites
 
 
-def _ratio(v: float) -> float:
-    if v >= 1.0:
-        raise ValueError("ratio 1.0 would remove every head, so an attention layer would vanish: use a ratio < 1")
-    return v
-
-
 class HeadPruneConfig(TechniqueConfig):
     """Physically remove attention heads (q/k/v rows and output columns)."""
 
@@ -104,7 +98,7 @@ class HeadPruneConfig(TechniqueConfig):
     batches: int = Field(8, ge=1, le=200, description="real training batches for the taylor score")
     seed: int = 0
 
-    _check_ratio = field_validator("ratio")(classmethod(lambda cls, v: _ratio(v)))
+    _check_ratio = field_validator("ratio")(classmethod(lambda cls, v: below_one(v, "head", "an attention layer")))
 
 
 def _needs(cfg: HeadPruneConfig) -> str:

@@ -30,9 +30,10 @@ from .trajectory import Trajectory
 from .surgery import rebuild, structure_of  # noqa: F401  (public API of structured pruning)
 
 
-def _ratio(v: float) -> float:
+def below_one(v: float, unit: str = "unit", layer: str = "a layer") -> float:
+    """Validator: a structured ratio of 1.0 would remove every unit of a layer."""
     if v >= 1.0:
-        raise ValueError("ratio 1.0 would remove every unit, so a layer would vanish: use a ratio < 1")
+        raise ValueError(f"ratio 1.0 would remove every {unit}, so {layer} would vanish: use a ratio < 1")
     return v
 
 
@@ -53,7 +54,7 @@ class ChannelPruneConfig(TechniqueConfig):
     input_shape: tuple[int, ...] | None = Field(None, description="example input shape (no batch) when no Task is given")
     seed: int = 0
 
-    _check_ratio = field_validator("ratio")(classmethod(lambda cls, v: _ratio(v)))
+    _check_ratio = field_validator("ratio")(classmethod(lambda cls, v: below_one(v)))
 
 
 def _channel_needs(cfg: ChannelPruneConfig) -> str:

@@ -35,7 +35,7 @@ from ...core.registry import register
 from .packing import pack, unpack
 from .qat import histogram_record
 from ...core.forms import refuse_quantized
-from .weight_only import WEIGHTED, EncodedWeightsModel, target_layers
+from .weight_only import WEIGHTED, EncodedWeightsModel, split_parts, target_layers
 
 __all__ = ["BinaryConfig", "ExtremeQuantModel", "TernaryConfig", "binarize", "load_extreme", "ternarize"]
 
@@ -124,14 +124,7 @@ def _unpack_codes(packed: torch.Tensor, kind: str, shape) -> torch.Tensor:
 
 def load_extreme(model: nn.Module, tensors: dict[str, torch.Tensor], kind: Kind) -> ExtremeQuantModel:
     """Rebuild an ExtremeQuantModel from ``storage_tensors()`` into ``model`` (same float architecture)."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    plain = {}
-    for key, t in tensors.items():
-        if key.endswith((".weight.packed", ".weight.alpha")):
-            name, _, part = key.rpartition(".weight.")
-            parts.setdefault(name, {})[part] = t
-        else:
-            plain[key] = t
+    parts, plain = split_parts(tensors, ("packed", "alpha"))
     try:
         with torch.no_grad():
             for name, p in parts.items():

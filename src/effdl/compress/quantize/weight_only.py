@@ -114,6 +114,20 @@ class EncodedWeightsModel(nn.Module):
         return out
 
 
+def split_parts(tensors: dict[str, torch.Tensor], part_names) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Inverse of ``EncodedWeightsModel.storage_tensors`` naming: ({module: {part: tensor}}, other tensors)."""
+    suffixes = tuple(f".weight.{k}" for k in part_names)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if key.endswith(suffixes):
+            name, _, part = key.rpartition(".weight.")
+            parts.setdefault(name, {})[part] = t
+        else:
+            plain[key] = t
+    return parts, plain
+
+
 class WeightOnlyModel(EncodedWeightsModel):
     """Weight-only quantized: parts ``packed`` (uint8 codes) + ``scale`` (+ ``zero_point`` /
     ``codebook``); fine-tuning would move the weights off the grid (quantize after training)."""
@@ -203,15 +217,7 @@ def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig, task=None) -> Weig
 def load_weight_only(model: nn.Module, tensors: dict[str, torch.Tensor], cfg: WeightOnlyConfig) -> WeightOnlyModel:
     """Rebuild a WeightOnlyModel from ``storage_tensors()`` (e.g. after deploy.storage.load_compact)
     into ``model``, a float model of the same architecture (its values are overwritten)."""
-    suffixes = tuple(f".weight.{k}" for k in PARTS)
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    plain: dict[str, torch.Tensor] = {}
-    for key, t in tensors.items():
-        if key.endswith(suffixes):
-            name, _, part = key.rpartition(".weight.")
-            parts.setdefault(name, {})[part] = t
-        else:
-            plain[key] = t
+    parts, plain = split_parts(tensors, PARTS)
     try:
         with torch.no_grad():
             for name, p in parts.items():
