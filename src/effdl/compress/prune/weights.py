@@ -20,7 +20,6 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from ...core.config import TechniqueConfig
-from ...core.errors import ConfigError
 from ...core.records import attach
 from ...core.forms import refuse_quantized
 from ...core.registry import register

@@ -39,6 +39,7 @@ from .packing import packed_nbytes
 from .qat import histogram_record
 from .scheme import check_bits
 from .weight_only import (
+    split_parts,
     WeightOnlyConfig,
     WeightOnlyModel,
     dequantize_weight,
@@ -248,14 +249,7 @@ def mixed(model: nn.Module, cfg: MixedConfig, task) -> MixedPrecisionModel:
 
 def load_mixed(model: nn.Module, tensors: dict[str, torch.Tensor], bits: dict[str, int], cfg: MixedConfig) -> MixedPrecisionModel:
     """Rebuild a MixedPrecisionModel from ``storage_tensors()`` and the per-layer widths (``.bits``)."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    plain = {}
-    for key, t in tensors.items():
-        if key.endswith((".weight.packed", ".weight.scale")):
-            name, _, part = key.rpartition(".weight.")
-            parts.setdefault(name, {})[part] = t
-        else:
-            plain[key] = t
+    parts, plain = split_parts(tensors, ("packed", "scale"))
     if set(parts) != set(bits):
         raise ArtifactError(f"stored layers {sorted(parts)} do not match the widths given for {sorted(bits)}: "
                             "pass the .bits of the model that was saved")

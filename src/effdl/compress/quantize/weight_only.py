@@ -28,7 +28,6 @@ from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import weighted_layers
 from .packing import pack, unpack
-from .ptq import QuantizedModel
 from .scheme import (
     QScheme,
     check_bits,
