@@ -363,3 +363,21 @@ def test_iterative_vs_one_shot_trajectories(results):
     assert list(traces[0].x) == [0.0, 0.0, 2.0, 2.0, 4.0] and list(traces[0].y) == [0.98, 0.97, 0.98, 0.90, 0.97]
     assert list(traces[1].y) == [0.98, 0.60, 0.95]
     assert "plot-trajectory" in render_html(results)
+
+
+def test_lowrank_section_lists_factorized_and_skipped_layers(results):
+    from effdl.report.lowrank import lowrank_section
+
+    assert lowrank_section(load_view(results)) == ""
+    rec = {"layers": {"fc1": {"rank": 20, "params_before": 48000, "params_after": 19680}},
+           "skipped": {"fc3": "rank 8 >= mn/(m+n) = 7.6: no fewer parameters"},
+           "params_before": 48000, "params_after": 19680}
+    c = {x["id"]: x for x in results["candidates"]}
+    c["c02"]["recipe"] = [{"technique": "lowrank.svd"}]
+    c["c02"]["records"] = {"lowrank.svd": rec}
+    c["c03"]["recipe"] = [{"technique": "lowrank.svd"}, {"technique": "learn.distill"}]
+    c["c03"]["records"] = {"lowrank.svd": rec}  # reused prefix: shown once
+    html = lowrank_section(load_view(results))
+    assert html.count("<h3>") == 1 and "c02" in html and "48,000 &rarr; 19,680" in html
+    assert "rank=20" in html and "left dense" in html and "mn/(m+n)" in html
+    assert "Low-rank factorization" in render_html(results)

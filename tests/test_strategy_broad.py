@@ -32,3 +32,6 @@ def test_broad_families_measured_on_real_runtimes(digits_task, tmp_path):
     int4 = by["int4 weights (group 32)"]["footprint"]["size_bytes"]
     svd = by["low-rank SVD 25% + distill"]["footprint"]["size_bytes"]
     assert dc < base / 10 and int4 < base / 4 and svd < base, (dc, int4, svd, base)
+    # the report says which layers the decomposition factorized
+    html = (tmp_path / "report.html").read_text()
+    assert "Low-rank factorization" in html and "lowrank.svd" in html

@@ -12,6 +12,7 @@ from .fmt import esc, name
 from .pareto_csv import write_pareto_csv
 from .plots import AXIS_TITLE, figure_html, frontier_figure, unplotted
 from .sections import card, environment, findings_section, header
+from .lowrank import lowrank_section
 from .quant import quant_section
 from .sparsity import sparsity_section
 from .table import candidates_table
@@ -87,6 +88,7 @@ def render_html(results: dict) -> str:
         _plots(view),
         sparsity_section(view),
         quant_section(view),
+        lowrank_section(view),
         "<section><h2>Candidates</h2>", candidates_table(view), "</section>",
         environment(view),
         "</body></html>\n",
