@@ -32,7 +32,7 @@ def _reconstructed(model, ranks):
 
 def test_parity_with_rank_r_reconstruction_and_param_counts():
     model = _mlp()
-    out = effdl.apply(model, lowrank.SVD(rank=3))
+    out = effdl.apply(model, lowrank.SVD(rank=3, keep_last=False))
     x = torch.randn(16, 20)
     ref = _reconstructed(model, {"0": 3, "2": 3})
     torch.testing.assert_close(out(x), ref(x), rtol=1e-4, atol=1e-5)
@@ -48,7 +48,7 @@ def test_parity_with_rank_r_reconstruction_and_param_counts():
 def test_layers_that_would_not_shrink_are_skipped_and_listed():
     # rank 8: 8 < 20*30/50 = 12 pays for Linear(20->30); 8 >= 30*10/40 = 7.5 does not for Linear(30->10)
     model = _mlp()
-    out = effdl.apply(model, lowrank.SVD(rank=8))
+    out = effdl.apply(model, lowrank.SVD(rank=8, keep_last=False))
     rec = records(out)["lowrank.svd"]
     assert list(rec["layers"]) == ["0"] and "needs rank < 7.5" in rec["skipped"]["2"]
     assert isinstance(out[2], nn.Linear) and torch.equal(out[2].weight, model[2].weight)
@@ -153,3 +153,15 @@ def test_config_round_trip():
     cfg = lowrank.SVD(rank="sensitivity", budget=0.3, layers=("0",))
     assert config_from_dict(cfg.to_dict()) == cfg
     assert config_from_dict(lowrank.SVD(rank=7).to_dict()).rank == 7
+
+
+def test_classifier_kept_dense_by_default():
+    # a rank-3 classifier could tell at most 3 + 1 classes apart: by default the last layer stays dense
+    model = _mlp()
+    out = effdl.apply(model, lowrank.SVD(rank=3))
+    rec = records(out)["lowrank.svd"]
+    assert list(rec["layers"]) == ["0"] and "classifier" in rec["skipped"]["2"]
+    assert out[2] is not model[2] and torch.equal(out[2].weight, model[2].weight)
+    # naming it explicitly decomposes it
+    named = effdl.apply(model, lowrank.SVD(rank=3, layers=("2",)))
+    assert list(records(named)["lowrank.svd"]["layers"]) == ["2"]

@@ -25,6 +25,8 @@ class LowRankConfig(TechniqueConfig):
 
     layers: tuple[str, ...] = Field((), description="module-name glob patterns to decompose (empty: every supported layer)")
     exclude: tuple[str, ...] = Field((), description="module-name glob patterns left as they are")
+    keep_last: bool = Field(True, description="leave the last Conv/Linear (the classifier) dense unless named in "
+                            "'layers': a rank below the number of classes caps what it can tell apart")
     finetune_epochs: float = Field(0.0, ge=0.0, description="fine-tuning epochs after the decomposition")
     lr: float = Field(1e-3, gt=0.0, description="fine-tuning learning rate")
 
@@ -60,7 +62,13 @@ def select(model: nn.Module, cfg: LowRankConfig, types: tuple[type, ...], techni
     wanted = match_scopes(model, cfg.layers)
     kinds = " or ".join(t.__name__ for t in types)
     chosen, skipped = [], {}
+    weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    # a model that is one layer has no separate classifier to keep
+    last = weighted[-1] if len(weighted) >= 2 and cfg.keep_last and not explicit else None
     for name, m in model.named_modules():
+        if name == last and isinstance(m, types):
+            skipped[name] = "the classifier (last layer) is kept dense (keep_last=True)"
+            continue
         if not name or is_excluded(name, excluded) or (explicit and not is_excluded(name, wanted)):
             continue
         if not isinstance(m, types):
