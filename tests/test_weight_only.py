@@ -191,3 +191,12 @@ def test_float_activations_are_rounded(digits_task):
     q(digits_task.example_input(4))
     x = seen["x"]
     assert torch.equal(x, x.to(torch.float8_e4m3fn).float())  # every input value is an E4M3 value
+
+
+def test_footprint_names_layers_as_the_user_model_does(digits_task, tmp_path):
+    from effdl.metrics.measure import static_footprint
+
+    q = effdl.apply(digits_task, effdl.quantize.Weights(bits=4))
+    fp = static_footprint(q, digits_task, tmp_path / "q.safetensors")
+    dense = static_footprint(digits_task.model, digits_task, tmp_path / "d.safetensors")
+    assert list(fp["layers"]) == list(dense["layers"]) == ["1", "3", "5"]

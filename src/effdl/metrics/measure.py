@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..core.forms import is_quantized
 from ..core.errors import EffdlError
 from ..deploy.storage import model_tensors, save_compact, unique_tensors
 from .energy import estimate_energy
@@ -83,7 +84,9 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
         "flops": macs["flops"],
         "energy_uj": energy["total_uj"],
         "energy_method": energy.get("method"),
-        "layers": layer_sparsity(src),
+        # encoded-weight wrappers (weight-only, float formats) hold the layers under .model: name them as the user did
+        "layers": layer_sparsity(src.model if is_quantized(src) and isinstance(getattr(src, "model", None), nn.Module)
+                                 else src),
     }
 
 
