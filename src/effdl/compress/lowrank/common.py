@@ -17,7 +17,6 @@ from ...core.forms import refuse_quantized
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.records import attach
 from ...core.scope import is_excluded, match_scopes
-from ..prune.surgery import _set_module
 
 
 class LowRankConfig(TechniqueConfig):
@@ -106,7 +105,7 @@ def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types:
             continue
         layers[name] = {**info, "params_before": n_params(m), "params_after": n_params(new)}
         before, after = before + n_params(m), after + n_params(new)
-        _set_module(model, name, new)
+        model.set_submodule(name, new)
     attach(model, technique, {"layers": layers, "skipped": skipped, "params_before": before,
                               "params_after": after, **(extra or {})})
     if cfg.finetune_epochs > 0:

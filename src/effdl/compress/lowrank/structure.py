@@ -13,7 +13,6 @@ from typing import Any
 from torch import nn
 
 from ...core.errors import ArtifactError
-from ..prune.surgery import _set_module
 from ..prune.surgery import rebuild as rebuild_shapes
 from ..prune.surgery import structure_of as shapes_of
 from .modules import from_spec, spec_of
@@ -38,5 +37,5 @@ def rebuild(fresh_model: nn.Module, structure: dict[str, Any]) -> nn.Module:
         except AttributeError:
             raise ArtifactError(f"structure factorizes layer {name!r}, which the fresh model lacks: rebuild "
                                 "from the architecture the model was decomposed from") from None
-        _set_module(fresh_model, name, from_spec(spec))
+        fresh_model.set_submodule(name, from_spec(spec))
     return rebuild_shapes(fresh_model, structure)

@@ -285,7 +285,7 @@ def block_impacts(model: nn.Module, blocks: list[str], batches) -> dict[str, flo
     impact = {}
     for name in blocks:
         trial = copy.deepcopy(model)
-        surgery._set_module(trial, name, nn.Identity())
+        trial.set_submodule(name, nn.Identity())
         impact[name] = _val_loss(trial.eval(), batches)
     return impact
 
@@ -310,7 +310,7 @@ def prune_layers(model: nn.Module, cfg: LayerPruneConfig, task) -> nn.Module:
         impact = {n: float(torch.cat([p.detach().abs().flatten() for p in model.get_submodule(n).parameters()]).mean())
                   for n in blocks}
     for name in sorted(blocks, key=lambda n: impact[n])[:k]:
-        surgery._set_module(model, name, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     if cfg.finetune_epochs > 0:
         task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr, keep_sparsity=True)
     return model.eval()

@@ -186,12 +186,6 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
     return {"format": STRUCTURE_FORMAT, "layers": layers, "identities": identities, "heads": heads}
 
 
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
 def _reshape(m: nn.Module, spec: dict[str, Any], name: str) -> None:
     kind = _kind(m)
     if type(m).__name__ != spec.get("type"):
@@ -231,7 +225,7 @@ def rebuild(fresh_model: nn.Module, structure: dict[str, Any]) -> nn.Module:
         except AttributeError:
             raise ArtifactError(f"structure removes block {name!r}, which the fresh model lacks") from None
         if not isinstance(current, nn.Identity):
-            _set_module(fresh_model, name, nn.Identity())
+            fresh_model.set_submodule(name, nn.Identity())
             removed.append(name)
     for name, counts in structure.get("heads", {}).items():
         try:

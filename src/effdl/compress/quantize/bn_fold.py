@@ -44,11 +44,6 @@ def module_calls(gm: fx.GraphModule) -> dict[str, int]:
     return calls
 
 
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, batchnorm) module names where the BN directly and solely consumes the layer's output."""
     gm = trace(model, "fold_batchnorm")
@@ -108,6 +103,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         fused = copy.deepcopy(layer)
         fused.weight = nn.Parameter(w.detach().clone(), requires_grad=layer.weight.requires_grad)
         fused.bias = nn.Parameter(b.detach().clone(), requires_grad=layer.weight.requires_grad)
-        set_submodule(out, layer_name, fused)
-        set_submodule(out, bn_name, nn.Identity())
+        out.set_submodule(layer_name, fused)
+        out.set_submodule(bn_name, nn.Identity())
     return out

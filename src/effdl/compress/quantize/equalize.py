@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bn_fold import module_calls, set_submodule, trace
+from .bn_fold import module_calls, trace
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 #: modules with f(x / s) = f(x) / s per channel for s > 0
@@ -135,7 +135,7 @@ def equalize(model: nn.Module, *, max_iterations: int = 100, tol: float = 1e-3) 
         if clamp is not None and not isinstance(out.get_submodule(clamp), ChannelClamp):
             relu6 = out.get_submodule(clamp)
             n = out.get_submodule(_layer_before(pairs, clamp)).weight.shape[0]
-            set_submodule(out, clamp, ChannelClamp(torch.full((n,), float(relu6.max_val))))
+            out.set_submodule(clamp, ChannelClamp(torch.full((n,), float(relu6.max_val))))
     for _ in range(max_iterations):
         worst = 0.0
         for name1, name2, clamp in pairs:
