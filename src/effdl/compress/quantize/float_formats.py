@@ -26,7 +26,7 @@ from ...core.errors import ArtifactError
 from ...core.registry import register
 from .scheme import FLOAT_FORMATS, float_dtype, round_to_float_format, to_float_format
 from ...core.forms import refuse_quantized
-from .weight_only import EncodedWeightsModel, target_layers
+from .weight_only import EncodedWeightsModel, encode_layers
 
 FloatFormat = Literal["fp16", "bf16", "fp8_e4m3", "fp8_e5m2"]
 
@@ -80,11 +80,7 @@ def _decode(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 def quantize_float(model: nn.Module, cfg: FloatFormatConfig, task=None) -> FloatFormatModel:
     """FP16 / BF16 / FP8 (E4M3, E5M2) weights, optionally inputs; stored in the real dtype."""
     refuse_quantized(model, "quantize.float")
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    with torch.no_grad():
-        for name, m in target_layers(model, cfg.exclude, cfg.keep_first_last):
-            parts[name] = _encode(m.weight, cfg)
-            m.weight.copy_(_decode(parts[name]))
+    parts = encode_layers(model, cfg, lambda w: _encode(w, cfg), lambda p, shape: _decode(p))
     return FloatFormatModel(model.eval(), cfg, parts)
 
 

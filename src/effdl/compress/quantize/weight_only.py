@@ -201,15 +201,22 @@ def target_layers(model: nn.Module, exclude, keep_first_last: bool) -> list[tupl
     return layers
 
 
+def encode_layers(model: nn.Module, cfg, encode, decode) -> dict[str, dict[str, torch.Tensor]]:
+    """Encode each target layer's weight (``encode(w) -> parts``) and put the decoded values back in
+    place (``decode(parts, shape)``): the model then runs exactly what is stored."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for name, m in target_layers(model, cfg.exclude, cfg.keep_first_last):
+            parts[name] = encode(m.weight)
+            m.weight.copy_(decode(parts[name], m.weight.shape))
+    return parts
+
+
 @register("quantize.weights", WeightOnlyConfig, needs="nothing")
 def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig, task=None) -> WeightOnlyModel:
     """Weight-only quantization (2-8 bit uniform/pow2/log2/codebook); stored bit-packed, runs dequantized."""
     refuse_quantized(model, "quantize.weights")
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    with torch.no_grad():
-        for name, m in target_layers(model, cfg.exclude, cfg.keep_first_last):
-            parts[name] = quantize_weight(m.weight, cfg)
-            m.weight.copy_(dequantize_weight(parts[name], m.weight.shape, cfg))
+    parts = encode_layers(model, cfg, lambda w: quantize_weight(w, cfg), lambda p, shape: dequantize_weight(p, shape, cfg))
     return WeightOnlyModel(model.eval(), cfg, parts)
 
 
