@@ -17,7 +17,7 @@ numbers are one seeded run.
 """
 from __future__ import annotations
 
-from _publish import bench_main, environment_block
+from _publish import bench_main, environment_block, zoo_task
 
 import re
 import statistics
@@ -45,13 +45,9 @@ def encoder_part(mode: dict, threads: int, workdir: Path, log) -> list[dict]:
 
     from effdl.compress.prune import HeadPruneConfig, head_counts
     from effdl.core.registry import apply
-    from effdl.core.task import ImageClassification
-    from effdl.data import load_data
     from effdl.deploy.runtimes import lower
-    from effdl.zoo import trained
 
-    splits = load_data("mnist")
-    task = ImageClassification(trained("encoder", "mnist"), splits.train, splits.val, splits.test, num_classes=10)
+    task = zoo_task("encoder")
     base = task.evaluate(task.model, "test")["accuracy"]
     variants = {"unpruned": task.model}
     rows = [{"variant": "unpruned", "ratio": 0.0, "saliency": "-", "test": base, "test_before_ft": base, "heads": sum(head_counts(task.model).values()),

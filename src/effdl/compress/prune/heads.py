@@ -219,9 +219,5 @@ def head_counts(model: nn.Module) -> dict[str, int]:
     return {s.name: s.num_heads for s in head_sites(model)}
 
 
-def heads_total(model: nn.Module) -> int:
-    return sum(head_counts(model).values())
-
-
-__all__ = ["HeadPruneConfig", "HeadSite", "head_counts", "head_scores", "head_sites", "heads_total", "plan",
+__all__ = ["HeadPruneConfig", "HeadSite", "head_counts", "head_scores", "head_sites", "plan",
            "prune_heads"]
