@@ -19,7 +19,7 @@ from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic
 from .sparse_exec import has_sparse_linear, lower_sparse_eager
 from .torch_runtime import lower_bf16, lower_compile, lower_eager, lower_pt2e_int8, lower_torch_int8_dynamic
 
-__all__ = ["Lowered", "RUNTIMES", "Runtime", "is_quantized", "lower", "runtimes_for"]
+__all__ = ["Lowered", "RUNTIMES", "Runtime", "is_int8_model", "lower", "runtimes_for"]
 
 
 class Runtime(NamedTuple):
@@ -56,7 +56,8 @@ RUNTIMES: dict[str, Runtime] = {
 }
 
 
-def is_quantized(model: nn.Module) -> bool:
+def is_int8_model(model: nn.Module) -> bool:
+    """A quantize.ptq result, run by the INT8 runtimes (other quantized forms run on the FP32 ones)."""
     from ..compress.quantize.ptq import QuantizedModel
 
     return isinstance(model, QuantizedModel)
@@ -64,7 +65,7 @@ def is_quantized(model: nn.Module) -> bool:
 
 def runtimes_for(model: nn.Module) -> list[str]:
     """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
-    kind = "quantized" if is_quantized(model) else "float"
+    kind = "quantized" if is_int8_model(model) else "float"
     return [name for name, rt in RUNTIMES.items()
             if rt.default and rt.accepts == kind and (rt.applies is None or rt.applies(model))]
 
@@ -96,7 +97,7 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
     if task is None:
         raise ConfigError(f"lowering to {runtime!r} needs task= (real example inputs for export and warm-up)")
     rt = RUNTIMES[runtime]
-    kind = "quantized" if is_quantized(model) else "float"
+    kind = "quantized" if is_int8_model(model) else "float"
     if rt.accepts != kind:
         fix = ("apply quantize.ptq first" if rt.accepts == "quantized"
                else "pass the float model, or use one of " + ", ".join(runtimes_for(model)))
