@@ -30,9 +30,9 @@ def _dequant(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 # -- config -----------------------------------------------------------------------------------------
-def test_new_fields_default_off_and_round_trip():
+def test_defaults_fold_bn_only_and_round_trip():
     c = PTQConfig()
-    assert (c.mode, c.fold_bn, c.equalize, c.bias_correction, c.rounding) == ("static", False, False, False, "nearest")
+    assert (c.mode, c.fold_bn, c.equalize, c.bias_correction, c.rounding) == ("static", True, False, False, "nearest")
     c2 = PTQConfig(mode="dynamic", fold_bn=True, equalize=True, bias_correction=True, rounding="adaround",
                    adaround_iterations=50)
     assert config_from_dict(c2.to_dict()) == c2
@@ -41,14 +41,14 @@ def test_new_fields_default_off_and_round_trip():
 @pytest.mark.parametrize("kw", [{"equalize": True}, {"bias_correction": True}, {"rounding": "adaround"}])
 def test_weight_rewrites_need_bn_folding(kw):
     with pytest.raises(ConfigError, match="needs fold_bn=True"):
-        PTQConfig(**kw)
+        PTQConfig(fold_bn=False, **kw)
 
 
 @pytest.mark.parametrize("kw,match", [({"mode": "weight_only"}, "mode"), ({"rounding": "stochastic"}, "rounding"),
                                       ({"adaround_iterations": 0}, "adaround_iterations")])
 def test_bad_values_are_config_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
-        PTQConfig(**kw)
+        PTQConfig(fold_bn=False, **kw)
 
 
 # -- bad inputs ---------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ job of the deploy lowerings (``pt2e-int8``, ``ort-int8``).
 (torch's ``quantize_dynamic``; lowerings ``torch-int8-dynamic``, ``ort-int8-dynamic``): no activation
 ranges to calibrate, the usual choice for MLP/attention-heavy models.
 
-Optional float-side preparation, in this order, all on the copy being quantized: ``fold_bn``
-(bn_fold.py, lossless), ``equalize`` (equalize.py, cross-layer equalization, lossless),
+Float-side preparation, in this order, all on the copy being quantized: ``fold_bn`` (bn_fold.py,
+lossless; on by default, so the int8 weights stored are the folded ones the kernels run), ``equalize`` (equalize.py, cross-layer equalization, lossless),
 ``rounding="adaround"`` (adaround.py, learned int8 rounding written back as dequantized weights)
 and ``bias_correction`` (bias_correction.py). ``float_model`` is the prepared model: what every
 INT8 runtime quantizes and what parity is checked against.
@@ -57,7 +57,9 @@ class PTQConfig(TechniqueConfig):
     mode: Literal["static", "dynamic"] = pydantic.Field(
         "static", description="static: calibrated uint8 activations, Conv and Linear; dynamic: activations "
         "quantized per batch at run time, Linear layers only")
-    fold_bn: bool = pydantic.Field(False, description="fold BatchNorm into the preceding Conv/Linear first (lossless)")
+    fold_bn: bool = pydantic.Field(
+        True, description="fold BatchNorm into the preceding Conv/Linear first (lossless; the stored int8 weights are "
+        "then the ones the kernels run)")
     equalize: bool = pydantic.Field(
         False, description="cross-layer equalization of consecutive layers (Nagel et al. 2019); needs fold_bn")
     bias_correction: bool = pydantic.Field(

@@ -396,8 +396,10 @@ def _to_int8(model: nn.Module, cfg: QATConfig, task, parts):
     from .packing import unpack
     from .ptq import PTQConfig
 
+    # fold_bn=False: QAT trained the unfolded weights on its grid, so those are the codes to store
+    # and compare (QAT does not simulate BatchNorm folding)
     q = apply(model.eval(), PTQConfig(weight_granularity="channel", calibration="minmax", num_batches=cfg.num_batches,
-                                      exclude=cfg.exclude), task=task)
+                                      exclude=cfg.exclude, fold_bn=False), task=task)
     stored = q.storage_tensors()
     same = count = 0
     for name, p in parts.items():
