@@ -108,3 +108,17 @@ def test_interrupted_trial_is_marked_failed(tmp_path):
     t = s2.study.trials[0]
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["reason"].startswith("interrupted")
     assert s2.finished() == {}
+
+
+def test_bf16_candidate_is_measured_on_the_bf16_runtime(digits_task, tmp_path):
+    from effdl.compress.quantize.float_formats import FloatFormatConfig
+
+    specs = [CandidateSpec("c00", "baseline", Recipe(()), ("eager",)),
+             CandidateSpec("c01", "bf16", Recipe((FloatFormatConfig(format="bf16"),)), None)]
+    res = effdl.optimize(digits_task, out_dir=tmp_path, max_drop=0.05, target="latency", candidates=specs)
+    base, bf16 = res["candidates"]
+    assert set(bf16["runtimes"]) == {"eager", "compile", "ort", "bf16"}  # tried by default on bf16 weights
+    rt = bf16["runtimes"]["bf16"]
+    assert rt["status"] == "ok" and rt["precision"] == "bf16", rt
+    # Linear weights in 2 bytes instead of 4: the file is a bit over half the FP32 one (biases stay FP32)
+    assert 0.5 < bf16["footprint"]["size_bytes"] / base["footprint"]["size_bytes"] < 0.6

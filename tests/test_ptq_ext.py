@@ -13,6 +13,7 @@ from test_ptq import Volume3D
 from test_runtimes import SmallCNN, trained_task
 
 from effdl.compress.quantize.adaround import adaround_weight, layer_inputs
+from effdl.compress.quantize.float_formats import FloatFormatConfig
 from effdl.compress.quantize.ptq import PTQConfig, QuantizedModel, quantize_weight
 from effdl.core.errors import ConfigError, DataError
 from effdl.core.registry import apply, config_from_dict
@@ -203,8 +204,10 @@ def test_dynamic_forward_is_quiet(dynamic, digits_task):
 
 
 # -- bf16 -----------------------------------------------------------------------------------------------
-def test_bf16_runtime_is_opt_in_and_faithful(digits_task, tmp_path):
-    assert "bf16" not in runtimes_for(digits_task.model)
+def test_bf16_runtime_is_tried_on_bf16_weights_and_faithful(digits_task, tmp_path):
+    assert "bf16" not in runtimes_for(digits_task.model)  # lossy: not a default for FP32 models
+    bf16 = apply(digits_task, FloatFormatConfig(format="bf16"))
+    assert "bf16" in runtimes_for(bf16) and "bf16" not in runtimes_for(apply(digits_task, FloatFormatConfig(format="fp16")))
     low = lower(digits_task.model, "bf16", task=digits_task, workdir=tmp_path, threads=2, batch_sizes=(32,))
     assert (low.precision, low.lossless, low.info["autocast"]) == ("bf16", False, "bfloat16")
     res = check_parity(digits_task.model, low, parity_inputs(digits_task, (32,)))

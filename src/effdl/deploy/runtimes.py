@@ -2,7 +2,8 @@
 
 ``RUNTIMES`` maps a runtime name to its lowering, a description and what it accepts ("float" or
 "quantized" models). ``lower(model, name, ...)`` returns a ``Lowered``; ``runtimes_for(model)``
-lists the runtimes that fit a model (opt-in runtimes, ``default=False``, run only when named).
+lists the runtimes that fit a model (``applies`` says whether a runtime is worth trying on it; a
+runtime may still be named explicitly for any model of its kind).
 Adding a runtime = one function + one registry entry.
 """
 from __future__ import annotations
@@ -27,13 +28,19 @@ class Runtime(NamedTuple):
     description: str
     accepts: str  # "float" | "quantized"
     applies: Callable[[nn.Module], bool] | None = None  # worth trying on this model? (None: always)
-    default: bool = True  # listed by runtimes_for; False: lossy float runtimes tried only when named
 
 
 def _ptq_mode(mode: str) -> Callable[[nn.Module], bool]:
     def applies(model: nn.Module) -> bool:
         return getattr(getattr(model, "config", None), "mode", "static") == mode
     return applies
+
+
+def has_bf16_weights(model: nn.Module) -> bool:
+    """A quantize.float BF16 model: the bf16 runtime computes with exactly its stored weights."""
+    from ..compress.quantize.float_formats import FloatFormatModel
+
+    return isinstance(model, FloatFormatModel) and model.config.format == "bf16"
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -50,9 +57,10 @@ RUNTIMES: dict[str, Runtime] = {
                                 "layers, activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
     "eager-sparse": Runtime(lower_sparse_eager, "PyTorch eager FP32 with torch CSR/BSR Linear layers where measured "
                             "faster than dense", "float", has_sparse_linear),
-    # lossy (bf16 rounding), so an explicit choice rather than a default FP32 candidate
+    # lossy (bf16 activations), so tried by default only on models whose weights are already bf16
+    # (quantize.float format="bf16", whose measured quality is its own); any FP32 model when named
     "bf16": Runtime(lower_bf16, "torch.compile (inductor, freezing) under CPU bfloat16 autocast: oneDNN bf16/AMX "
-                    "kernels; lossy (SQNR/top-1 parity)", "float", default=False),
+                    "kernels; lossy (SQNR/top-1 parity)", "float", has_bf16_weights),
 }
 
 
@@ -67,7 +75,7 @@ def runtimes_for(model: nn.Module) -> list[str]:
     """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
     kind = "quantized" if is_int8_model(model) else "float"
     return [name for name, rt in RUNTIMES.items()
-            if rt.default and rt.accepts == kind and (rt.applies is None or rt.applies(model))]
+            if rt.accepts == kind and (rt.applies is None or rt.applies(model))]
 
 
 def _check_fp32(model: nn.Module, runtime: str) -> None:

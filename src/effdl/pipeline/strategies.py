@@ -1,7 +1,7 @@
 """Candidate grids for the practitioner's strategies (survey / seed 003).
 
 shrink-and-improve (footprint-sensitive): shrink the trained model with compression (unstructured
-pruning at several sparsities, structured channel pruning, INT8), then improve the shrunken model with learning (distillation from the
+pruning at several sparsities, structured channel pruning, INT8, BF16), then improve the shrunken model with learning (distillation from the
 uncompressed model), and combine them in the textbook's order: prune -> distill -> quantize.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..compress.prune import ChannelPruneConfig, HeadPruneConfig, MagnitudeConfig, WeightPruneConfig, head_sites
 from ..compress.lowrank import SVDConfig, TuckerConfig
-from ..compress.quantize import PTQConfig, WeightOnlyConfig
+from ..compress.quantize import FloatFormatConfig, PTQConfig, WeightOnlyConfig
 from ..compress.share import ClusterConfig
 from ..core.errors import ConfigError, suggest
 from ..learn import DistillConfig
@@ -46,6 +46,7 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
     kd = DistillConfig(epochs=distill_epochs, lr=1e-3)
     q = PTQConfig()
     qp = PTQConfig(calibration="percentile", percentile=99.99)
+    bf16 = FloatFormatConfig(format="bf16")
     grid = [
         ("baseline (FP32, eager)", (), ("eager",)),
         ("baseline, best FP32 runtime", (), None),
@@ -63,6 +64,9 @@ def shrink_and_improve(*, finetune_epochs: float = 2.0, distill_epochs: float = 
         # structured: channels/neurons physically removed, so every runtime does less work
         ("channels -50% + distill", (ch50, kd), None),
         ("channels -50% + distill + int8", (ch50, kd, q), None),
+        # BF16 weights: half the bytes, and the bf16 runtime (AMX/AVX-512 bf16 kernels) is tried on them
+        ("bf16", (bf16,), None),
+        ("channels -50% + distill + bf16", (ch50, kd, bf16), None),
     ]
     if model is not None and head_sites(model):
         heads50 = HeadPruneConfig(ratio=0.5, saliency="taylor", finetune_epochs=finetune_epochs)
