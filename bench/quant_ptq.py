@@ -3,7 +3,7 @@ zoo models, accuracy on the test split and latency at batch 1 and 32 (threads pi
 
     python bench/quant_ptq.py --quick       # results in bench/results/quant_ptq.md / .json
 
-(a) per-channel (percentile) vs per-tensor (min-max) INT8 accuracy drop on LeNet-5/MNIST and the
+(a) per-channel (percentile, entropy, MSE clipping) vs per-tensor (min-max) INT8 accuracy drop on LeNet-5/MNIST and the
     MNIST-1D CNN (target: <= 0.3 point for per-channel);
 (b) per-tensor vs per-channel vs per-tensor + CLE (+ bias correction) on MobileNetV2/MNIST, with the
     depthwise weights' SQNR and the logits' SQNR against FP32;
@@ -66,6 +66,8 @@ def accuracy(predict, task, split: str = "test", batch: int = 32) -> float:
 # -- (a) and (b): accuracy of effdl's options ------------------------------------------------------------
 A_VARIANTS = {
     "per-channel percentile": {"weight_granularity": "channel", "calibration": "percentile"},
+    "per-channel entropy (KL)": {"weight_granularity": "channel", "calibration": "entropy"},
+    "per-channel MSE": {"weight_granularity": "channel", "calibration": "mse"},
     "per-tensor min-max": {"weight_granularity": "tensor", "calibration": "minmax"},
 }
 B_VARIANTS = {

@@ -16,13 +16,14 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 from test_runtimes import SmallCNN, trained_task
 
-from effdl.compress.quantize.observers import PercentileObserver, PerChannelSharedScaleObserver
+from effdl.compress.quantize.calibration import MSE, Entropy
+from effdl.compress.quantize.observers import EstimatorObserver, PercentileObserver, PerChannelSharedScaleObserver
 from effdl.compress.quantize.ptq import PTQConfig, QuantizedModel
 from effdl.core.errors import ConfigError
 from effdl.core.registry import apply, config_from_dict
 from effdl.core.task import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
-from effdl.deploy.runtimes import lower
+from effdl.deploy.runtimes import lower, runtimes_for
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,38 @@ def test_percentile_observer_matches_hand_computed_percentiles(split):
     assert scale.item() == pytest.approx(hi.item() / 255, rel=1e-6) and zp.item() == 0
 
 
+@pytest.mark.parametrize("estimator", [Entropy, MSE])
+def test_estimator_observer_gives_the_estimators_clip_as_uint8_qparams(estimator):
+    torch.manual_seed(0)
+    # ReLU-like activations with a few large outliers: both estimators clip below the maximum
+    batches = [torch.relu(torch.randn(64, 100)) for _ in range(3)] + [torch.tensor([[40.0, 0.5]])]
+    obs, ref = EstimatorObserver(estimator=estimator), estimator(bits=8)
+    for x in batches:
+        obs(x)
+        ref.observe(x)
+    lo, hi = ref.range()
+    assert lo == pytest.approx(0.0) and 2.0 < hi < 40.0  # clipped, and the low end is the observed 0
+    scale, zp = obs.calculate_qparams()
+    # uint8 affine over [min(lo, 0), max(hi, 0)]: scale = (hi - lo) / 255, zero point = round(-lo / scale)
+    assert scale.item() == pytest.approx((hi - min(lo, 0.0)) / 255, rel=1e-6) and zp.item() == 0
+
+
+def test_entropy_and_mse_calibration_quantize_and_pick_their_runtimes(cnn_task, tmp_path):
+    float_acc = accuracy(lambda x: cnn_task.model(x), cnn_task)
+    for calibration, runtimes in (("entropy", ["pt2e-int8", "ort-int8"]), ("mse", ["pt2e-int8"])):
+        q = apply(cnn_task, PTQConfig(calibration=calibration, num_batches=4))
+        assert runtimes_for(q) == runtimes  # ONNX Runtime has no MSE calibrator
+        assert abs(accuracy(q, cnn_task) - float_acc) <= 0.01, calibration
+        obs = [m for m in q.reference.modules() if isinstance(m, EstimatorObserver)]
+        assert not obs  # converted: observers replaced by fixed q/dq constants
+    with pytest.raises(ConfigError, match=r"calibration='mse'.*use one of pt2e-int8"):
+        lower(q, "ort-int8", task=cnn_task, workdir=tmp_path, threads=2, batch_sizes=(1,))
+    low = lower(apply(cnn_task, PTQConfig(calibration="entropy", num_batches=4)), "ort-int8", task=cnn_task,
+                workdir=tmp_path, threads=2, batch_sizes=(1, 32))
+    assert low.info["calibrate_method"] == "Entropy"
+    assert abs(accuracy(low.predict, cnn_task) - float_acc) <= 0.01
+
+
 @pytest.mark.parametrize("value", [0.0, 3.5])
 def test_percentile_observer_constant_input_has_finite_floored_scale(value):
     obs = PercentileObserver(percentile=99.99, eps=2**-12)
@@ -164,7 +197,7 @@ def test_percentile_observer_constant_input_has_finite_floored_scale(value):
         assert scale.item() == 2**-12 and zp.item() == 0
 
 
-@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+@pytest.mark.parametrize("calibration", ["minmax", "percentile", "entropy", "mse"])
 def test_constant_calibration_data_gives_finite_outputs_and_a_named_warning(digits, calibration):
     x = torch.zeros(64, 1, 8, 8)
     y = torch.arange(64) % 10

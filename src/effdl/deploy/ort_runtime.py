@@ -183,7 +183,12 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     config, _ = _quantized_source(model, "ort-int8", "static")
-    if config.calibration == "percentile":
+    if config.calibration == "mse":
+        raise ConfigError("ort-int8: ONNX Runtime has no MSE-optimal calibrator, so it cannot reproduce "
+                          "calibration='mse': use the pt2e-int8 runtime, or calibration='entropy'")
+    if config.calibration == "entropy":  # ORT's own implementation of TensorRT's KL method
+        method, extra = CalibrationMethod.Entropy, {}
+    elif config.calibration == "percentile":
         # ORT's default percentile range is symmetric (|x| histogram, -t..t), which wastes half of
         # uint8 on ReLU outputs: ask for the raw-value histogram. ORT then cuts (100 - p)/2 % from
         # each tail and ours (100 - p) % from each, so pass p' = 2p - 100 to get the same cut.

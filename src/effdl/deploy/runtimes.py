@@ -30,9 +30,11 @@ class Runtime(NamedTuple):
     applies: Callable[[nn.Module], bool] | None = None  # worth trying on this model? (None: always)
 
 
-def _ptq_mode(mode: str) -> Callable[[nn.Module], bool]:
+def _ptq_mode(mode: str, calibrations: tuple[str, ...] | None = None) -> Callable[[nn.Module], bool]:
     def applies(model: nn.Module) -> bool:
-        return getattr(getattr(model, "config", None), "mode", "static") == mode
+        config = getattr(model, "config", None)
+        return (getattr(config, "mode", "static") == mode
+                and (calibrations is None or getattr(config, "calibration", None) in calibrations))
     return applies
 
 
@@ -50,7 +52,7 @@ RUNTIMES: dict[str, Runtime] = {
     "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels",
                          "quantized", _ptq_mode("static")),
     "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized",
-                        _ptq_mode("static")),
+                        _ptq_mode("static", ("minmax", "percentile", "entropy"))),  # ORT has no MSE calibrator
     "torch-int8-dynamic": Runtime(lower_torch_int8_dynamic, "PyTorch eager quantize_dynamic INT8 (Linear layers, "
                                   "activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
     "ort-int8-dynamic": Runtime(lower_ort_int8_dynamic, "ONNX Runtime quantize_dynamic INT8 (MatMulInteger, Linear "
@@ -112,7 +114,8 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
         raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got a {kind} model: {fix}")
     if kind == "quantized" and rt.applies is not None and not rt.applies(model):
         raise ConfigError(f"runtime {runtime!r} does not run this quantized model (mode="
-                          f"{getattr(model.config, 'mode', 'static')!r}): use one of {', '.join(runtimes_for(model))}")
+                          f"{getattr(model.config, 'mode', 'static')!r}, calibration="
+                          f"{getattr(model.config, 'calibration', None)!r}): use one of {', '.join(runtimes_for(model))}")
     _check_fp32(model.float_model if kind == "quantized" else model, runtime)
     threads = check_threads(threads)
     batch_sizes = check_batch_sizes(batch_sizes)

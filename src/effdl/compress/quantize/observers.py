@@ -1,4 +1,5 @@
-"""Observers that torchao does not ship: percentile ranges and one shared weight scale.
+"""Observers that torchao does not ship: percentile ranges, any of calibration.py's range
+estimators (entropy, MSE), and one shared weight scale.
 
 Both plug into torchao's PT2E flow (``QuantizationSpec.observer_or_fake_quant_ctr``) and compute
 scale/zero-point with the base class's ``_calculate_qparams``, so the scale is floored at ``eps``
@@ -10,7 +11,7 @@ import torch
 from torchao.quantization.pt2e import PerChannelMinMaxObserver, UniformQuantizationObserverBase
 
 from ...core.errors import ConfigError
-from .calibration import hist_add, hist_percentile
+from .calibration import RangeEstimator, hist_add, hist_percentile
 
 
 class PercentileObserver(UniformQuantizationObserverBase):
@@ -68,6 +69,41 @@ class PercentileObserver(UniformQuantizationObserverBase):
 
     def extra_repr(self) -> str:
         return f"percentile={self.percentile}, bins={self.bins}, range=[{float(self.lo)}, {float(self.hi)}]"
+
+
+class EstimatorObserver(UniformQuantizationObserverBase):
+    """Per-tensor range from one of calibration.py's estimators (``Entropy``, ``MSE``, ...),
+    ``estimator`` being a zero-argument factory of a fresh, asymmetric one.
+
+    The estimator validates what it observes (NaN/Inf raise DataError) and picks the clip; the
+    base class turns it into scale/zero-point (0.0 always representable, scale floored at eps).
+    """
+
+    def __init__(self, estimator, dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                 eps: float = torch.finfo(torch.float32).eps, **kwargs) -> None:
+        super().__init__(dtype=dtype, qscheme=qscheme, eps=eps, **kwargs)
+        self.estimator: RangeEstimator = estimator()
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        self.estimator.observe(x_orig)
+        return x_orig
+
+    @property
+    def lo(self) -> torch.Tensor:  # the observed extremes (inf before any data), as PercentileObserver's
+        return torch.tensor(float(self.estimator.lo))
+
+    @property
+    def hi(self) -> torch.Tensor:
+        return torch.tensor(float(self.estimator.hi))
+
+    def calculate_qparams(self):
+        if self.estimator.count == 0:
+            return torch.tensor([1.0]), torch.tensor([0])  # never run: the stock observers' default
+        lo, hi = self.estimator.range()
+        return self._calculate_qparams(torch.tensor(lo, dtype=torch.float32), torch.tensor(max(hi, lo), dtype=torch.float32))
+
+    def extra_repr(self) -> str:
+        return f"estimator={type(self.estimator).__name__}"
 
 
 class PerChannelSharedScaleObserver(PerChannelMinMaxObserver):

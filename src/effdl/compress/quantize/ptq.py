@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import warnings
 from typing import Literal
 
@@ -35,10 +36,13 @@ from ...core.errors import ConfigError, DataError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import match_scopes
+from .calibration import MSE, Entropy
 
 #: scale floor of the x86 default config (torchao get_default_x86_inductor_quantization_config)
 EPS = 2.0**-12
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
+#: calibration -> a fresh activation range estimator (8-bit, asymmetric: uint8 activations)
+ESTIMATORS = {"entropy": functools.partial(Entropy, bits=8), "mse": functools.partial(MSE, bits=8)}
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -48,8 +52,9 @@ class PTQConfig(TechniqueConfig):
     bits: Literal[8] = pydantic.Field(8, description="integer width; only 8 for now")
     weight_granularity: Literal["channel", "tensor"] = pydantic.Field(
         "channel", description="one weight scale per output channel, or one per tensor")
-    calibration: Literal["minmax", "percentile"] = pydantic.Field(
-        "minmax", description="activation range: observed min/max, or clipped at percentiles")
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = pydantic.Field(
+        "minmax", description="activation range: observed min/max, clipped at percentiles, the KL-optimal clip "
+        "(entropy, TensorRT's method) or the squared-error-optimal clip (mse; pt2e-int8 only, ONNX Runtime has none)")
     percentile: float = pydantic.Field(99.99, gt=90, le=100, description="upper percentile kept when calibration='percentile'")
     num_batches: int = pydantic.Field(8, ge=1, description="calibration batches from the train split")
     batch_size: int = pydantic.Field(32, ge=1, description="calibration batch size")
@@ -261,13 +266,15 @@ def _quantizer(config: PTQConfig, excluded: tuple[str, ...]):
     from torchao.quantization.pt2e.quantizer import QuantizationConfig
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
-    from .observers import PercentileObserver, PerChannelSharedScaleObserver
+    from .observers import EstimatorObserver, PercentileObserver, PerChannelSharedScaleObserver
 
     base = xiq.get_default_x86_inductor_quantization_config()
     if config.calibration == "minmax":
         act_obs = MinMaxObserver.with_args(eps=EPS)
-    else:
+    elif config.calibration == "percentile":
         act_obs = PercentileObserver.with_args(percentile=config.percentile, eps=EPS)
+    else:
+        act_obs = EstimatorObserver.with_args(estimator=ESTIMATORS[config.calibration], eps=EPS)
     w_obs = PerChannelMinMaxObserver if config.weight_granularity == "channel" else PerChannelSharedScaleObserver
     act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=act_obs)
     weight = dataclasses.replace(base.weight, quant_min=WEIGHT_QMIN, quant_max=WEIGHT_QMAX,
@@ -306,7 +313,7 @@ def _warn_degenerate(prepared) -> None:
     """Warn, naming the layer, where calibration saw a constant tensor (scale floored at EPS)."""
     from torchao.quantization.pt2e import ObserverBase
 
-    from .observers import PercentileObserver
+    from .observers import EstimatorObserver, PercentileObserver
 
     for node in prepared.graph.nodes:
         if node.op != "call_module":
@@ -314,7 +321,7 @@ def _warn_degenerate(prepared) -> None:
         obs = getattr(prepared, node.target, None)
         if not isinstance(obs, ObserverBase) or obs.qscheme != torch.per_tensor_affine:
             continue
-        lo, hi = (obs.lo, obs.hi) if isinstance(obs, PercentileObserver) else (obs.min_val, obs.max_val)
+        lo, hi = (obs.lo, obs.hi) if isinstance(obs, (PercentileObserver, EstimatorObserver)) else (obs.min_val, obs.max_val)
         if not (torch.isfinite(lo) and torch.isfinite(hi)):
             continue  # never reached during calibration; torchao warns about that itself
         scale = float(obs.calculate_qparams()[0].reshape(-1)[0])
