@@ -14,6 +14,7 @@ from .plots import AXIS_TITLE, figure_html, frontier_figure, unplotted
 from .sections import card, environment, findings_section, header
 from .lowrank import lowrank_section
 from .quant import quant_section
+from .share import share_section
 from .sparsity import sparsity_section
 from .table import candidates_table
 from .view import AXES, View, load_view
@@ -89,6 +90,7 @@ def render_html(results: dict) -> str:
         sparsity_section(view),
         quant_section(view),
         lowrank_section(view),
+        share_section(view),
         "<section><h2>Candidates</h2>", candidates_table(view), "</section>",
         environment(view),
         "</body></html>\n",

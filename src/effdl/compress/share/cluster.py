@@ -20,11 +20,17 @@ centroids are trained later).
 Clustering a layer twice is refused (ConfigError): apply ``share.cluster`` once per layer, with the
 final bits (several steps with disjoint ``layers`` give per-layer bits). The returned model has ``storage_tensors()`` (see ``deep_compression``): "bytes on disk" is the
 size of the codebooks + packed indices (or their Huffman coding when ``huffman`` is on).
+
+Record for the report (``records(model)["share.cluster"]``): ``deep_compression.storage_record``
+(per layer: bits, shared values, sparsity, bytes with and without Huffman) plus ``histogram``: the
+non-zero weights of the largest clustered layer before clustering (100 bins) with its centroids
+after k-means and after fine-tuning (Han et al. 2016, figure 4).
 """
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import Field
@@ -33,6 +39,7 @@ from torch.nn.utils import parametrize
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
+from ...core.records import attach, records
 from ...core.registry import register
 from ...core.scope import is_excluded, match_scopes
 from ..prune.distribution import PRUNABLE
@@ -40,6 +47,7 @@ from ..prune.distribution import PRUNABLE
 __all__ = ["ClusterConfig", "SharedWeights", "cluster", "clustered_layers", "kmeans_1d", "shared_weights_of"]
 
 INITS = ("linear", "density", "random")
+HIST_BINS = 100  # of the weight histogram in the report's record
 
 
 class ClusterConfig(TechniqueConfig):
@@ -199,6 +207,25 @@ def refresh(model: nn.Module) -> None:
         m.parametrizations.weight.original.copy_(m.weight)
 
 
+def _histogram(name: str, values: torch.Tensor, centroids: torch.Tensor) -> dict:
+    counts, edges = np.histogram(values.double().numpy(), bins=HIST_BINS)
+    return {"layer": name, "edges": edges.tolist(), "counts": counts.tolist(),
+            "centroids_kmeans": centroids.double().tolist()}
+
+
+def _attach_record(model: nn.Module, new: dict) -> None:
+    """The storage record of every clustered layer (earlier share.cluster steps included) and the
+    histogram of the largest one seen so far, with the centroids it has now."""
+    from .deep_compression import storage_record
+
+    rec = storage_record(model)
+    old = (records(model).get("share.cluster") or {}).get("histogram")
+    hist = dict(max((h for h in (old, new) if h), key=lambda h: rec["layers"].get(h["layer"], {}).get("params", -1)))
+    layer = dict(model.named_modules())[hist["layer"]]
+    hist["centroids"] = shared_weights_of(layer).codebook.detach().double().tolist()
+    attach(model, "share.cluster", {**rec, "histogram": hist})
+
+
 def _needs(cfg: ClusterConfig) -> str:
     return "training" if cfg.finetune_epochs > 0 else "nothing"
 
@@ -208,7 +235,8 @@ def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
     """Weight sharing: k-means of each layer's non-zero weights into 2**bits values (+ fine-tuning)."""
     refuse_quantized(model, "share.cluster")
     layers = _selected(model, cfg)
-    plans = []
+    plans, hist = [], None
+    largest = max(layers, key=lambda nm: nm[1].weight.numel())[0]  # first of the largest on a tie
     for name, m in layers:
         w = m.weight.detach()
         mask = w != 0
@@ -220,6 +248,8 @@ def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
                 f"lower bits (or conv_bits), or exclude {name!r}"
             )
         centroids, assign = kmeans_1d(w[mask], k, cfg.init, cfg.iters, cfg.seed)
+        if name == largest:
+            hist = _histogram(name, w[mask], centroids)
         indices = torch.zeros(w.shape, dtype=torch.uint8)
         indices[mask] = assign.to(torch.uint8)
         plans.append((m, SharedWeights(centroids.to(w.dtype), indices, mask, cfg.huffman, cfg.index_bits)))
@@ -231,4 +261,5 @@ def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
     if cfg.finetune_epochs > 0:
         task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
         refresh(model)
+    _attach_record(model, hist)
     return model.eval()

@@ -37,7 +37,8 @@ from ...deploy.storage import load_compact, model_tensors, save_compact
 from . import huffman as hf
 from .cluster import SharedWeights, clustered_layers
 
-__all__ = ["BLOB_KEY", "decode_blob", "encode_layer", "load_deep_compressed", "save_deep_compressed", "storage_tensors"]
+__all__ = ["BLOB_KEY", "decode_blob", "encode_layer", "load_deep_compressed", "save_deep_compressed", "storage_record",
+           "storage_tensors"]
 
 BLOB_KEY = "effdl.deep_compression"
 MAGIC, VERSION = b"EDC", 1
@@ -86,21 +87,29 @@ def encode_layer(name: str, p: SharedWeights, huffman: bool, index_bits: int = 0
     With ``huffman`` the record is Huffman coded unless the fixed layout is smaller (a layer of a
     few hundred weights, where the code tables cost more than they save).
     """
-    fixed = _record(name, p, False, 0, bias)
+    fixed = _record(name, p, 0, bias)
     if not huffman:
         return fixed
-    coded = _record(name, p, True, index_bits, bias)
+    return _smaller(fixed, _record(name, p, _gap_bits(p, index_bits), bias))
+
+
+def _smaller(fixed: bytes, coded: bytes) -> bytes:
     return coded if len(coded) < len(fixed) else fixed
 
 
-def _record(name: str, p: SharedWeights, huffman: bool, index_bits: int, bias: torch.Tensor | None) -> bytes:
+def _gap_bits(p: SharedWeights, index_bits: int) -> int:
+    return index_bits or _best_k(np.flatnonzero(p.mask.detach().cpu().reshape(-1).numpy()))
+
+
+def _record(name: str, p: SharedWeights, k: int, bias: torch.Tensor | None) -> bytes:
+    """The layer's record: fixed layout when ``k`` (the gap width) is 0, else Huffman coded."""
+    huffman = k > 0
     mask = p.mask.detach().cpu().reshape(-1).numpy()
     idx = p.indices.detach().cpu().reshape(-1).numpy()[mask]
     codebook = p.codebook.detach().cpu().float().contiguous()
     key = name.encode("utf-8")
     shape = tuple(p.mask.shape)
     positions = np.flatnonzero(mask)
-    k = (index_bits or _best_k(positions)) if huffman else 0
     out = [struct.pack(f"<H{len(key)}sB{len(shape)}I", len(key), key, len(shape), *shape),
            struct.pack("<BBBB", p.bits, HUFFMAN if huffman else FIXED, k, bias is not None),
            codebook.numpy().astype("<f4").tobytes()]
@@ -120,14 +129,46 @@ def _clustered(model: nn.Module) -> list:
     return layers
 
 
+def _header(n_layers: int) -> bytes:
+    return MAGIC + struct.pack("<BH", VERSION, n_layers)
+
+
 def encode_model(model: nn.Module, huffman: bool | None = None) -> bytes:
     """The container of all clustered layers (``huffman`` None: each layer's own setting)."""
     layers = _clustered(model)
-    parts = [MAGIC, struct.pack("<BH", VERSION, len(layers))]
+    parts = [_header(len(layers))]
     for name, m, p in layers:
         parts.append(encode_layer(_weight_key(name), p, p.huffman if huffman is None else huffman, p.index_bits,
                                   _bias(m)))
     return b"".join(parts)
+
+
+def storage_record(model: nn.Module) -> dict:
+    """What the container holds for each clustered layer, for the report (share.cluster attaches it).
+
+    Per layer: index bits b, 2**b shared values, parameters, non-zeros, sparsity, and the bytes of
+    its record as ``encode_layer`` writes it (name + shape header, codebook, bias, positions +
+    indices) with fixed-width indices and Huffman coded, and which of the two the file holds
+    (``encode_model`` with the layer's own setting). None of these depend on the codebook's values,
+    so training the centroids later leaves them true. ``container_bytes`` = ``len(encode_model(model))``.
+    """
+    layers, stored = {}, 0
+    for name, m, p in _clustered(model):
+        key, bias = _weight_key(name), _bias(m)
+        k = _gap_bits(p, p.index_bits)
+        fixed, coded = _record(key, p, 0, bias), _record(key, p, k, bias)
+        kept = _smaller(fixed, coded) if p.huffman else fixed
+        stored += len(kept)
+        numel, nnz = p.mask.numel(), int(p.mask.sum())
+        layers[name] = {
+            "bits": p.bits, "shared_values": p.codebook.numel(), "params": numel, "nonzero": nnz,
+            "sparsity": 1.0 - nnz / numel, "codebook_bytes": 4 * p.codebook.numel(),
+            "bias_bytes": 0 if bias is None else 4 * bias.numel(),
+            "bytes_fixed": len(fixed), "bytes_huffman": len(coded), "gap_bits": k,
+            "stored": "huffman" if kept is coded else "fixed", "bytes_stored": len(kept),
+            "dense_bytes": 4 * numel + (0 if bias is None else 4 * bias.numel()),
+        }
+    return {"layers": layers, "container_bytes": len(_header(len(layers))) + stored}
 
 
 def storage_tensors(model: nn.Module, huffman: bool | None = None) -> dict[str, torch.Tensor]:
