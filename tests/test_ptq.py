@@ -65,7 +65,7 @@ def test_defaults_and_round_trip():
     ({"bits": 4}, "later release"), ({"bits": 2.5}, "bits"), ({"bits": 0}, "bits"), ({"bits": 17}, "bits"),
     ({"bits": True}, "bits"), ({"percentile": 90}, "percentile"), ({"percentile": 100.5}, "percentile"),
     ({"num_batches": 0}, "num_batches"), ({"batch_size": 0}, "batch_size"),
-    ({"calibration": "entropy"}, "calibration"), ({"weight_granularity": "group"}, "weight_granularity"),
+    ({"calibration": "kl"}, "calibration"), ({"weight_granularity": "group"}, "weight_granularity"),
     ({"granularity": "channel"}, "Did you mean 'weight_granularity'"),
 ])
 def test_invalid_configs_raise_config_error(kw, match):

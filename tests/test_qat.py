@@ -21,6 +21,7 @@ from effdl.compress.quantize.weight_only import (
 from effdl.core.errors import ConfigError
 from effdl.core.records import records
 from effdl.core.task import ImageClassification
+from effdl.deploy.runtimes import lower
 
 LINEARS = ("1", "3", "5")
 W = torch.tensor([[0.1, -0.2, 0.4]])
@@ -169,6 +170,44 @@ def test_int8_conversion_through_ptq_keeps_accuracy(digits_task):
     centre = len(hist["activations"]) // 2  # the bin holding 0.0: the inputs do have rounding errors
     assert sum(hist["activations"]) - hist["activations"][centre] > 0
     assert set(rec["act_ranges"]) == set(LINEARS)
+    # the int8 model uses the trained input ranges, not a re-calibration: each Linear's input observer
+    # was pinned to QAT's clip, so its uint8 scale is (clip_hi - min(clip_lo, 0)) / 255
+    assert q.input_ranges == {n: (r["clip_lo"], r["clip_hi"]) for n, r in rec["act_ranges"].items()}
+    scales = _input_scales(q.reference)
+    assert set(scales) == set(LINEARS)
+    for layer, scale in scales.items():
+        lo, hi = q.input_ranges[layer]
+        assert scale == pytest.approx((hi - min(lo, 0.0)) / 255, rel=1e-5), layer
+
+
+def _input_scales(graph_module) -> dict[str, float]:
+    """Layer name -> the uint8 scale of its input in a converted PT2E graph."""
+    out = {}
+    for node in graph_module.graph.nodes:
+        if "quantize_per_tensor" not in str(node.target) or "dequantize" in str(node.target):
+            continue
+        for dq in node.users:
+            for user in dq.users:
+                stack = user.meta.get("nn_module_stack") or {}
+                if "linear" in str(user.target) and stack:
+                    out[list(stack.values())[-1][0]] = float(node.args[1])
+    return out
+
+
+def test_int8_conversion_keeps_the_trained_ranges_on_onnx_runtime(digits_task, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    q = effdl.apply(digits_task, QATConfig(bits=8, activations=True, epochs=0.5))
+    low = lower(q, "ort-int8", task=digits_task, workdir=tmp_path, threads=2, batch_sizes=(1, 32))
+    assert low.info["given_input_ranges"] == sorted(LINEARS)
+    float_graph = onnx.load(low.info["float_onnx"]).graph
+    inputs = {n.input[1].removesuffix(".weight"): n.input[0] for n in float_graph.node if len(n.input) > 1}
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(low.artifact)).graph.initializer}
+    for layer in LINEARS:  # ORT names a quantized tensor's scale "<tensor>_scale"
+        lo, hi = q.input_ranges[layer]
+        assert float(inits[f"{inputs[layer]}_scale"]) == pytest.approx((hi - min(lo, 0.0)) / 255, rel=1e-5), layer
+    assert abs(_acc(digits_task, low.predict) - _acc(digits_task, q)) <= 0.01
 
 
 # -- bad inputs ----------------------------------------------------------------------------------

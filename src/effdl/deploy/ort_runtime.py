@@ -179,6 +179,23 @@ def _quantize_onnx(model: nn.Module, task, workdir: Path, tag: str, quantize) ->
     return out, float_path, exclude_nodes, notes, time.perf_counter() - t0
 
 
+def _input_overrides(onnx_path: Path, ranges: dict[str, tuple[float, float]]) -> dict[str, list[dict]]:
+    """ORT TensorQuantOverrides pinning the input of each named layer's node (found by its weight
+    initializer ``<layer>.weight``) to the given range; the union where layers share an input."""
+    import numpy as np
+    import onnx
+
+    bounds: dict[str, tuple[float, float]] = {}
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        layer = node.input[1].removesuffix(".weight") if len(node.input) > 1 else None
+        if layer in ranges:
+            lo, hi = ranges[layer]
+            old = bounds.get(node.input[0], (lo, hi))
+            bounds[node.input[0]] = (min(lo, old[0]), max(hi, old[1]))
+    return {t: [{"rmin": np.array(lo, dtype=np.float32), "rmax": np.array(hi, dtype=np.float32)}]
+            for t, (lo, hi) in bounds.items()}
+
+
 def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -199,6 +216,8 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
 
     def quantize(pre: Path, staged: Path, exclude_nodes: list[str]) -> None:
+        if model.input_ranges:  # given (QAT's trained ranges): override ORT's calibration of those tensors
+            extra["TensorQuantOverrides"] = _input_overrides(pre, model.input_ranges)
         quantize_static(
             str(pre), str(staged), _Reader(model.calibration, "input"),
             quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
@@ -214,6 +233,7 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
         scheme="QDQ, U8S8 (uint8 activations, int8 symmetric weights)",
         per_channel=config.weight_granularity == "channel", calibrate_method=method.name,
         calibration_batches=len(model.calibration), nodes_kept_float=exclude_nodes,
+        given_input_ranges=sorted(model.input_ranges),
         qdq_nodes=_count_qdq(out), quantizer_notes=notes[:20],
     )
     return Lowered("ort-int8", "int8", False, _predict(sess), out, info)

@@ -105,7 +105,8 @@ class QuantizedModel(nn.Module):
     effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
     def __init__(self, float_model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
-                 reference: nn.Module, quantized_modules: tuple[str, ...], excluded: tuple[str, ...]) -> None:
+                 reference: nn.Module, quantized_modules: tuple[str, ...], excluded: tuple[str, ...],
+                 input_ranges: dict[str, tuple[float, float]] | None = None) -> None:
         super().__init__()
         self.float_model = float_model.eval()
         self.reference = reference
@@ -115,6 +116,9 @@ class QuantizedModel(nn.Module):
         self.quantized_modules = tuple(quantized_modules)
         #: names of the modules kept in FP32 because of ``config.exclude``
         self.excluded = tuple(excluded)
+        #: layer name -> (lo, hi) of its input, fixed by the producer (QAT) instead of calibrated;
+        #: every static INT8 runtime uses them
+        self.input_ranges = dict(input_ranges or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reference(x)
@@ -370,9 +374,19 @@ def _conv1d_as_conv2d(model: nn.Module) -> tuple[nn.Module, frozenset[str]]:
     return out, frozenset(names)
 
 
+def _module_of(node, rewritten: frozenset[str]) -> str | None:
+    """The float model's module a graph node belongs to (a rewritten Conv1d's inner ``.conv`` maps
+    back to the Conv1d), or None."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path.removesuffix(".conv") if path.endswith(".conv") and path.removesuffix(".conv") in rewritten else path
+
+
 def _int8_modules(converted, rewritten: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """Modules whose weight is an int8 constant in the converted graph (the truth, not a guess),
-    named as in the float model (a rewritten Conv1d's inner ``.conv`` maps back to the Conv1d)."""
+    named as in the float model."""
     names: list[str] = []
     for node in converted.graph.nodes:
         if node.op != "call_function" or "dequantize_per_channel" not in str(node.target):
@@ -381,14 +395,25 @@ def _int8_modules(converted, rewritten: frozenset[str] = frozenset()) -> tuple[s
         if src.op != "get_attr" or getattr(converted, src.target).dtype != torch.int8:
             continue
         for user in node.users:
-            stack = user.meta.get("nn_module_stack") or {}
-            if stack:
-                path = list(stack.values())[-1][0]
-                if path.endswith(".conv") and path.removesuffix(".conv") in rewritten:
-                    path = path.removesuffix(".conv")
-                if path not in names:
-                    names.append(path)
+            path = _module_of(user, rewritten)
+            if path is not None and path not in names:
+                names.append(path)
     return tuple(names)
+
+
+def _fix_input_ranges(prepared, ranges: dict[str, tuple[float, float]], rewritten: frozenset[str]) -> None:
+    """Set the observer in front of each named layer to its given input range (the union where
+    one observed tensor feeds several of them)."""
+    from torchao.quantization.pt2e import MinMaxObserver
+
+    for node in prepared.graph.nodes:
+        obs = getattr(prepared, node.target, None) if node.op == "call_module" else None
+        if not isinstance(obs, MinMaxObserver):
+            continue
+        given = [ranges[m] for m in (_module_of(u, rewritten) for u in node.users) if m in ranges]
+        if given:
+            obs.min_val = torch.tensor(min(lo for lo, _ in given))
+            obs.max_val = torch.tensor(max(hi for _, hi in given))
 
 
 _NOISY = ("The input of maxpool2d is not quantized", "must run observer before calling calculate_qparams",
@@ -396,9 +421,11 @@ _NOISY = ("The input of maxpool2d is not quantized", "must run observer before c
 
 
 def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
-                    excluded: tuple[str, ...]) -> tuple[nn.Module, tuple[str, ...]]:
-    """Export, insert observers, calibrate, convert: the simulated-INT8 q/dq GraphModule, and the
-    names of the float model's modules whose weights it holds in int8."""
+                    excluded: tuple[str, ...], input_ranges: dict[str, tuple[float, float]] | None = None,
+                    ) -> tuple[nn.Module, tuple[str, ...]]:
+    """Export, insert observers, calibrate (then pin the ``input_ranges`` given), convert: the
+    simulated-INT8 q/dq GraphModule, and the names of the float model's modules whose weights it
+    holds in int8."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -411,6 +438,8 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
         with torch.no_grad():
             for x in calibration:
                 prepared(x)
+        if input_ranges:
+            _fix_input_ranges(prepared, input_ranges, rewritten)
         _warn_degenerate(prepared)
         converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
@@ -420,6 +449,15 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
 @register("quantize.ptq", PTQConfig, needs="calibration")
 def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     """Post-training static INT8 (per-channel int8 weights, uint8 activations), real-batch calibrated."""
+    return quantize_int8(model, config, task)
+
+
+def quantize_int8(model: nn.Module, config: PTQConfig, task,
+                  input_ranges: dict[str, tuple[float, float]] | None = None) -> QuantizedModel:
+    """quantize.ptq, optionally with the input ranges of some layers given rather than calibrated
+    (layer name -> (lo, hi); static min-max only: quantize.qat passes its trained ranges)."""
+    if input_ranges and (config.mode, config.calibration) != ("static", "minmax"):
+        raise ConfigError("input_ranges replace min-max calibration of static INT8: use mode='static', calibration='minmax'")
     refuse_quantized(model, "quantize.ptq")
     if task is None:
         raise ConfigError("quantize.ptq needs calibration data: pass task=ImageClassification(...)")
@@ -430,12 +468,12 @@ def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     _check_calibration(model, calibration, task)
     model = prepare_float(model, config, calibration, excluded)
     if config.mode == "static":
-        reference, int8 = build_reference(model, config, calibration, excluded)
+        reference, int8 = build_reference(model, config, calibration, excluded, input_ranges)
         kernels = "the x86 int8 quantizer (Conv1d/Conv2d and Linear patterns) did not match them"
     else:
         reference, int8 = build_dynamic_reference(model, config, excluded)
         kernels = "dynamic int8 kernels (torch and ONNX Runtime) here cover Linear layers only"
-    result = QuantizedModel(model, config, calibration, reference, int8, excluded)
+    result = QuantizedModel(model, config, calibration, reference, int8, excluded, input_ranges)
     if result.unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in result.unsupported}
         warnings.warn(

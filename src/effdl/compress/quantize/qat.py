@@ -22,11 +22,13 @@ affine (the INT8 runtimes' scheme), its range tracked by a moving-average min-ma
 
 Conversion at the end:
 * ``bits == 8`` with activations: the QAT-trained float weights go through ``quantize.ptq``
-  (PT2E INT8, so both INT8 runtimes lower it). Its per-channel weight grid (max|w| / 127) is the
-  QAT grid when scales are min-max and unfrozen at the end; PTQ *re-calibrates the activation
-  ranges* (min-max over its calibration batches) instead of reusing the QAT moving averages, and
-  with learnable or frozen scales the grids can differ: the fraction of int8 weight codes equal to
-  the QAT codes is recorded as ``qat_int8_agreement``.
+  (PT2E INT8, so both INT8 runtimes lower it) with every layer's *input range pinned to the
+  trained one* (the frozen moving average; pt2e-int8 sets the observer, ort-int8 passes
+  TensorQuantOverrides), so the int8 model sees the activation grid QAT trained on; tensors QAT
+  did not fake-quantize (pooling outputs, residual adds) are calibrated min-max. The per-channel
+  weight grid (max|w| / 127) is the QAT grid when scales are min-max and unfrozen at the end; with
+  learnable or frozen scales the grids can differ: the fraction of int8 weight codes equal to the
+  QAT codes is recorded as ``qat_int8_agreement``.
 * otherwise (weight-only): a ``WeightOnlyModel`` holding exactly the QAT grid's codes (the
   trained scales included), bit-packed, so the stored size is true.
 
@@ -349,7 +351,7 @@ def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
     wcfg = cfg.weight_config()
     reference = {n: m.weight.detach().clone() for n, m in layers}  # the trained float weights
     if cfg.activations:
-        out = _to_int8(model, cfg, task, parts)
+        out = _to_int8(model, cfg, task, parts, ranges)
     else:
         with torch.no_grad():
             for name, m in layers:
@@ -389,17 +391,18 @@ def _activation_errors(model: nn.Module, task, acts: dict[str, ActFakeQuant]) ->
     return errs
 
 
-def _to_int8(model: nn.Module, cfg: QATConfig, task, parts):
-    """The QAT-trained float weights through quantize.ptq (real INT8 lowerings); records how many
-    int8 weight codes equal the QAT grid's."""
-    from ...core.registry import apply
+def _to_int8(model: nn.Module, cfg: QATConfig, task, parts, ranges: dict[str, dict]):
+    """The QAT-trained float weights through quantize.ptq (real INT8 lowerings) with each layer's
+    input range the trained one; records how many int8 weight codes equal the QAT grid's."""
     from .packing import unpack
-    from .ptq import PTQConfig
+    from .ptq import PTQConfig, quantize_int8
 
     # fold_bn=False: QAT trained the unfolded weights on its grid, so those are the codes to store
     # and compare (QAT does not simulate BatchNorm folding)
-    q = apply(model.eval(), PTQConfig(weight_granularity="channel", calibration="minmax", num_batches=cfg.num_batches,
-                                      exclude=cfg.exclude, fold_bn=False), task=task)
+    config = PTQConfig(weight_granularity="channel", calibration="minmax", num_batches=cfg.num_batches,
+                       exclude=cfg.exclude, fold_bn=False)
+    q = quantize_int8(model.eval(), config, task,
+                      input_ranges={n: (r["clip_lo"], r["clip_hi"]) for n, r in ranges.items()})
     stored = q.storage_tensors()
     same = count = 0
     for name, p in parts.items():
