@@ -136,8 +136,8 @@ def render(res: dict, meta: dict) -> str:
         L.append(f"| {r['weights']} | {r['method']} | `{r['config']}` | {r['accuracy']:.2f} | {r['drop']:+.2f} | {r['bytes']} | "
                  f"{r['ratio']} | {r['seconds']} | {r['note']} |")
     L += ["", "Notes: INT8 rows store int8 weights + per-channel scales (QuantizedModel.storage_tensors); the INT8 QAT row "
-          "is the QAT-trained float model converted by quantize.ptq, which re-calibrates the activation ranges (min-max) "
-          "instead of reusing the QAT moving averages, and whose weight grid (max|w|/127 per channel) differs from the "
+          "is the QAT-trained float model converted by quantize.ptq with every layer's input range pinned to the trained "
+          "(frozen moving-average) one, and whose weight grid (max|w|/127 per channel) differs from the "
           "QAT grid where scales were frozen before the last steps (share reported in the note). Binary/ternary keep one "
           "float32 scale per output channel; with first/last FP32, the first conv (150 weights) and the classifier "
           "(840 weights) stay float. Mixed precision measures each layer's validation-accuracy drop (400 examples: steps of 0.25 "
