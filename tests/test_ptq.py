@@ -23,7 +23,10 @@ from effdl.core.errors import ConfigError
 from effdl.core.registry import apply, config_from_dict
 from effdl.core.task import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
+from effdl.core.records import records
 from effdl.deploy.runtimes import lower, runtimes_for
+from effdl.report.quant import quant_section
+from effdl.report.view import load_view
 
 
 @pytest.fixture(scope="module")
@@ -334,6 +337,15 @@ def test_layers_without_int8_kernels_stay_float_everywhere(digits, tmp_path):
     low = lower(q, "ort-int8", task=task, workdir=tmp_path, threads=2)
     assert len(low.info["nodes_kept_float"]) == 1  # the Conv node stays FP32 in ORT too
     assert check_parity(task.model, low, parity_inputs(task)).ok
+    # the report lists it, with the reason
+    rec = records(q)["int8_layers"]
+    assert rec == {"int8": ["fc"], "fp32": {"conv": {"type": "Conv3d", "why": "no int8 kernel"}}}
+    view = load_view({"goal": {"metric": "accuracy"}, "baseline": "c00", "candidates": [
+        {"id": "c00", "label": "baseline", "status": "ok", "recipe": []},
+        {"id": "c01", "label": "int8", "status": "ok", "recipe": [{"technique": "quantize.ptq"}], "records": records(q)}]})
+    html = quant_section(view)
+    assert "Layers kept in FP32 by INT8 quantization" in html
+    assert "<td>conv</td><td>Conv3d</td><td>no int8 kernel</td><td>1</td>" in html
 
 
 def _as_lowered(model):

@@ -7,7 +7,9 @@
   input and the range kept by quantization (the clip);
 * ``quant_sensitivity`` {"layers": {layer: {"sensitivity": {bits: drop}, "bits", ...}}, ...}: the
   per-layer sensitivity of quantize.mixed, with the chosen widths;
-* ``qat_mse`` {layer: [mean squared weight quantization error before training and per epoch]}.
+* ``qat_mse`` {layer: [mean squared weight quantization error before training and per epoch]};
+* ``int8_layers`` {"int8": [layer], "fp32": {layer: {"type", "why"}}}: what quantize.ptq left in
+  FP32 (excluded, or no int8 kernel for the op), listed per candidate.
 
 Each figure takes the first measured candidate that carries its record; no record, no figure.
 """
@@ -116,11 +118,28 @@ def qat_mse_figure(view: View) -> go.Figure | None:
     return _layout(fig, f"QAT: weight quantization error per epoch ({_label(cand)})")
 
 
+def fp32_fallback_table(view: View) -> str:
+    """Layers INT8 candidates kept in FP32, and why (each INT8 runtime runs them in FP32 too)."""
+    rows = []
+    for c in view.candidates:
+        rec = (c.get("records") or {}).get("int8_layers")
+        if not is_ok(c) or not rec:
+            continue
+        rows += [f"<tr><td>{_label(c)}</td><td>{esc(n)}</td><td>{esc(i['type'])}</td><td>{esc(i['why'])}</td>"
+                 f"<td>{len(rec['int8'])}</td></tr>" for n, i in rec["fp32"].items()]
+    if not rows:
+        return ""
+    return ("<h3>Layers kept in FP32 by INT8 quantization</h3><table><thead><tr><th>candidate</th><th>layer</th>"
+            "<th>type</th><th>why</th><th>int8 layers in the model</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
 def quant_section(view: View) -> str:
     figs = [(f, i) for f, i in ((error_hist_figure(view), "plot-quant-error"), (act_range_figure(view), "plot-act-ranges"),
                                 (sensitivity_bar_figure(view), "plot-quant-sensitivity"),
                                 (qat_mse_figure(view), "plot-qat-mse")) if f]
-    if not figs:
+    table = fp32_fallback_table(view)
+    if not figs and not table:
         return ""
     return ("<section><h2>Quantization</h2>" + "".join(f'<div class="plot">{figure_html(f, i)}</div>' for f, i in figs)
-            + "</section>")
+            + table + "</section>")

@@ -34,6 +34,7 @@ import torch.nn as nn
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, DataError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
+from ...core.records import attach
 from ...core.registry import register
 from ...core.scope import match_scopes
 from .calibration import MSE, Entropy
@@ -474,6 +475,10 @@ def quantize_int8(model: nn.Module, config: PTQConfig, task,
         reference, int8 = build_dynamic_reference(model, config, excluded)
         kernels = "dynamic int8 kernels (torch and ONNX Runtime) here cover Linear layers only"
     result = QuantizedModel(model, config, calibration, reference, int8, excluded, input_ranges)
+    kept = {n: {"type": type(model.get_submodule(n)).__name__,
+                "why": "no int8 kernel" if n in result.unsupported else "excluded (config.exclude)"}
+            for n in result.float_modules()}
+    attach(result, "int8_layers", {"int8": list(result.quantized_modules), "fp32": kept})
     if result.unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in result.unsupported}
         warnings.warn(
