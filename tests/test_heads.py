@@ -170,3 +170,29 @@ def test_taylor_score_of_a_dead_head_is_zero(digits_encoder):
     assert bool((scores[0][[0, 1, 3]] > 0).all()) and bool((scores[1] > 0).all())
     # normalised per layer (L2 norm 1)
     torch.testing.assert_close(scores[1].norm(), torch.tensor(1.0))
+
+
+def test_ort_int8_keeps_attention_matmuls_fp32(digits_encoder, tmp_path):
+    """Static ORT INT8 quantizes the Linear layers but not the activation x activation MatMuls of
+    attention (uint8 softmax probabilities wreck transformer fidelity), as PT2E does."""
+    import warnings
+
+    import onnx
+
+    from effdl.compress.quantize.ptq import PTQConfig
+    from effdl.deploy.parity import check_parity, parity_inputs
+    from effdl.deploy.runtimes import lower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = effdl.apply(digits_encoder, PTQConfig(num_batches=2))
+    low = lower(q, "ort-int8", task=digits_encoder, workdir=tmp_path, threads=2, batch_sizes=(1, 32))
+    graph = onnx.load(low.info["float_onnx"]).graph
+    weights = {i.name for i in graph.initializer}
+    matmuls = {n.name: n for n in graph.node if n.op_type == "MatMul"}
+    kept = [n for n in low.info["nodes_kept_float"] if n in matmuls]
+    # two per attention layer (scores and probabilities x values), none of them with a weight input
+    assert len(kept) == 2 * len(head_sites(digits_encoder.model))
+    assert all(not weights.intersection(matmuls[n].input) for n in kept)
+    res = check_parity(q.float_model, low, parity_inputs(digits_encoder))
+    assert res.ok and res.sqnr_db >= 20, res.reason

@@ -39,11 +39,16 @@ def session(path: Path, threads: int):
         raise ArtifactError(f"ONNX Runtime cannot load {str(path)!r}: {str(exc).splitlines()[0][:300]}") from None
 
 
+#: ONNX input element types of models with integer inputs (token ids); any other runs on float32
+_INT_INPUTS = {"tensor(int64)": torch.int64, "tensor(int32)": torch.int32}
+
+
 def _predict(sess):
-    name = sess.get_inputs()[0].name
+    first = sess.get_inputs()[0]
+    name, dtype = first.name, _INT_INPUTS.get(first.type, torch.float32)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to(torch.float32).contiguous().numpy()
+        arr = x.detach().to(dtype).contiguous().numpy()
         return as_logits(sess.run(None, {name: arr})[0])
 
     return predict
@@ -80,7 +85,9 @@ class _Reader:
     """onnxruntime CalibrationDataReader over the QuantizedModel's own calibration batches."""
 
     def __init__(self, batches: list[torch.Tensor], name: str) -> None:
-        self.items = iter([{name: b.detach().float().contiguous().numpy()} for b in batches])
+        # integer batches (token ids) stay integer: the graph's input is
+        self.items = iter([{name: (b.detach() if not b.is_floating_point() else b.detach().float()).contiguous().numpy()}
+                           for b in batches])
 
     def get_next(self):
         return next(self.items, None)
@@ -179,6 +186,15 @@ def _quantize_onnx(model: nn.Module, task, workdir: Path, tag: str, quantize) ->
     return out, float_path, exclude_nodes, notes, time.perf_counter() - t0
 
 
+def _activation_matmuls(onnx_path: Path) -> list[str]:
+    """MatMul nodes neither of whose inputs is a weight (initializer)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights.intersection(n.input)]
+
+
 def _input_overrides(onnx_path: Path, ranges: dict[str, tuple[float, float]]) -> dict[str, list[dict]]:
     """ORT TensorQuantOverrides pinning the input of each named layer's node (found by its weight
     initializer ``<layer>.weight``) to the given range; the union where layers share an input."""
@@ -216,12 +232,21 @@ def lower_ort_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
 
     def quantize(pre: Path, staged: Path, exclude_nodes: list[str]) -> None:
+        # transformers (activation x activation MatMuls: attention): quantize only the weighted
+        # ops, as PT2E does, and leave attention, softmax, layer norms and residual adds FP32;
+        # ORT's default also quantizes those, which wrecks fidelity (min cosine 0.08 on MiniLM)
+        attention = _activation_matmuls(pre)
+        exclude_nodes += attention
+        if attention:  # inputs of the weighted ops only: their outputs feed FP32 ops
+            extra.update(op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                         OpTypesToExcludeOutputQuantization=["Conv", "MatMul", "Gemm"])
         if model.input_ranges:  # given (QAT's trained ranges): override ORT's calibration of those tensors
             extra["TensorQuantOverrides"] = _input_overrides(pre, model.input_ranges)
+        op_types = extra.pop("op_types_to_quantize", None)
         quantize_static(
             str(pre), str(staged), _Reader(model.calibration, "input"),
             quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
             calibrate_method=method, nodes_to_exclude=exclude_nodes, extra_options=extra,
         )
 

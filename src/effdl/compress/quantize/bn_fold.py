@@ -46,6 +46,8 @@ def module_calls(gm: fx.GraphModule) -> dict[str, int]:
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(layer, batchnorm) module names where the BN directly and solely consumes the layer's output."""
+    if not any(isinstance(m, _BNS) for m in model.modules()):
+        return []  # nothing to fold: no need to trace (models torch.fx cannot trace pass through)
     gm = trace(model, "fold_batchnorm")
     calls = module_calls(gm)
     pairs = []

@@ -295,7 +295,12 @@ def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
     if example.shape[0] < 2:  # a batch of 1 would be specialised to a constant by torch.export
         example = example.expand(2, *example.shape[1:]).contiguous()
     try:
-        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        gm = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        # outputs nobody uses (e.g. a BERT pooler next to the pooled embedding) would reach the
+        # quantizer as dangling patterns, which it cannot annotate
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        return gm
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModuleError(
@@ -434,7 +439,15 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
         for msg in _NOISY:  # torchao's informational chatter, not a problem of the user's model
             warnings.filterwarnings("ignore", message=msg)
         traced, rewritten = _conv1d_as_conv2d(model)
-        prepared = prepare_pt2e(_export(traced, calibration[0]), _quantizer(config, excluded))
+        exported = _export(traced, calibration[0])
+        try:
+            prepared = prepare_pt2e(exported, _quantizer(config, excluded))
+        except Exception as exc:  # the quantizer's pattern matching raises bare IndexError/KeyError/...
+            raise UnsupportedModuleError(
+                f"quantize.ptq: the x86 INT8 quantizer cannot annotate this model's graph ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}). Fix: use mode='dynamic' (Linear "
+                "layers only), or exclude the layers around the failing pattern with exclude=[...]"
+            ) from None
         move_exported_model_to_eval(prepared)
         with torch.no_grad():
             for x in calibration:
