@@ -54,9 +54,6 @@ PAD_ID = 0
 MIN_COS = 0.98
 
 #: (row name, source model, runtime, input ids dtype); sources: fp32, dynamic, dynamic-ffn-fp32, static.
-#: "float32" rows are a bench-side workaround: effdl's ONNX Runtime lowerings feed the session (and
-#: ORT's calibration reader) float32, which an int64-input graph refuses; the wrapper then takes the
-#: ids as float32 (exact below 2**24; the vocabulary has 30,522) and casts them to int64 itself.
 VARIANTS = [
     ("eager", "fp32", "eager", "int64"),
     ("compile", "fp32", "compile", "int64"),
@@ -68,10 +65,6 @@ VARIANTS = [
     ("ort-int8-dynamic, FFN out FP32", "dynamic-ffn-fp32", "ort-int8-dynamic", "int64"),
     ("pt2e-int8", "static", "pt2e-int8", "int64"),
     ("ort-int8", "static", "ort-int8", "int64"),
-    ("ort (ids as float32)", "fp32", "ort", "float32"),
-    ("ort-int8-dynamic (ids as float32)", "dynamic", "ort-int8-dynamic", "float32"),
-    ("ort-int8-dynamic, FFN out FP32 (ids as float32)", "dynamic-ffn-fp32", "ort-int8-dynamic", "float32"),
-    ("ort-int8 (ids as float32)", "static", "ort-int8", "float32"),
 ]
 
 #: REFERENCE.md "What today's tools achieve here" (1 thread): latency as a fraction of FP32 eager at
@@ -169,13 +162,11 @@ def token_sequences(sentences: list[str], seq_len: int, n: int, *, max_join: int
     return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)
 
 
-def embedder(bert, *, keep_pooler: bool = False):
-    """``bert`` as a module ``input_ids [b, t] -> mean-pooled embedding [b, 384]``; ids are int64
-    (or float32 holding integers, cast back here: see VARIANTS).
+def embedder(bert):
+    """``bert`` as a module ``input_ids [b, t] (int64) -> mean-pooled embedding [b, 384]``.
 
-    BertModel's pooler (dense + tanh on [CLS]) is not part of the sentence embedding; unless
-    ``keep_pooler``, it is dropped from a copy, so no graph holds it as dead code (with it, effdl's
-    static INT8 fails inside torchao's quantizer: see build_source).
+    BertModel's pooler (dense + tanh on [CLS]) is not part of the sentence embedding: it is dropped
+    from a copy, so no lowering spends time on it.
     """
     import copy
 
@@ -183,7 +174,7 @@ def embedder(bert, *, keep_pooler: bool = False):
 
     from effdl.zoo.minilm import mean_pooled
 
-    if not keep_pooler and getattr(bert, "pooler", None) is not None:
+    if getattr(bert, "pooler", None) is not None:
         bert = copy.deepcopy(bert)
         bert.pooler = None  # BertModel.forward skips a None pooler
 
@@ -193,7 +184,7 @@ def embedder(bert, *, keep_pooler: bool = False):
             self.bert = bert
 
         def forward(self, input_ids):
-            ids = input_ids.long()  # a no-op for int64 ids
+            ids = input_ids.long()
             # the mask is part of the graph so that a lowering sees one input tensor, like an image
             return mean_pooled(self.bert, ids, (ids != PAD_ID).long())
 
@@ -251,14 +242,9 @@ def quality(ref, out) -> dict:
             "n": int(ref.shape[0])}
 
 
-def build_source(task, name: str, calib_batches: int, batch: int, with_pooler=None) -> dict:
-    """One INT8 model of ``task.model`` through effdl.apply, PTQConfig's defaults first.
-
-    fold_bn=True (the default) traces the model with torch.fx, which HF BERT defeats; BERT has no
-    BatchNorm, so fold_bn=False is the same model: the failure is recorded and the build retried.
-    ``with_pooler`` (static only): the same embedder with BertModel's unused pooler kept, tried
-    before ``task.model`` so that what it does to effdl's static INT8 is recorded too.
-    """
+def build_source(task, name: str, calib_batches: int, batch: int) -> dict:
+    """One INT8 model of ``task.model`` through effdl.apply with PTQConfig's defaults (plus the
+    variant's mode / exclusions); a failure is recorded as the result."""
     import warnings
 
     from effdl import apply
@@ -267,9 +253,6 @@ def build_source(task, name: str, calib_batches: int, batch: int, with_pooler=No
     kw = {"dynamic": {"mode": "dynamic"}, "dynamic-ffn-fp32": {"mode": "dynamic", "exclude": (FFN_OUT,)},
           "static": {"num_batches": calib_batches, "batch_size": batch}}[name]
     tries = [(task.model, PTQConfig(**kw), "pooler dropped")]
-    if with_pooler is not None:
-        tries.append((with_pooler, PTQConfig(**kw, fold_bn=False), "unused BERT pooler kept"))
-    tries.append((task.model, PTQConfig(**kw, fold_bn=False), "pooler dropped"))
     out: dict = {}
     for model, cfg, what in tries:
         t0 = time.perf_counter()
@@ -301,7 +284,7 @@ def bench_shape(label: str, mode: dict, bert, sentences: list[str], threads: int
                                 max_join=max(2, max_join), offset=3)
     model = embedder(bert)
     tasks = {dt: token_task(model, calib_ids.to(getattr(torch, dt)), eval_ids.to(getattr(torch, dt)))
-             for dt in ("int64", "float32")}
+             for dt in ("int64",)}
     lengths = (eval_ids != PAD_ID).sum(1).float()
     res: dict = {"batch": batch, "seq_len": seq_len, "n_eval": n_eval,
                  "tokens_per_sequence": {"mean": float(lengths.mean()), "min": int(lengths.min()),
@@ -319,8 +302,7 @@ def bench_shape(label: str, mode: dict, bert, sentences: list[str], threads: int
         elif key in sources:
             src = sources[key]
         else:
-            pooled = embedder(bert, keep_pooler=True) if source == "static" and dt == "int64" else None
-            src = sources[key] = build_source(task, source, mode["calib_batches"], CALIB_BATCH, pooled)
+            src = sources[key] = build_source(task, source, mode["calib_batches"], CALIB_BATCH)
             res["sources"][key] = {k: v for k, v in src.items() if k != "model"}
             log(f"  {label} {key}: " + (f"{src['int8_layers']} int8 Linear, built in {src['seconds']} s"
                                         if "model" in src else "FAILED")
@@ -430,11 +412,7 @@ def render(res: dict, meta: dict) -> str:
              + ", the rest padding, masked). Peer figures: REFERENCE.md, measured on these machines at 1 thread.",
              "", ("How effdl was driven: `effdl.apply(task, PTQConfig(...))` and `effdl.deploy.runtimes.lower(model, "
              "runtime, task=...)` on a wrapper `token ids -> mean-pooled embedding` (mask = ids != 0, computed in "
-             "the graph) with BertModel's unused pooler dropped, and a bench-local Task adapter over token-id rows. "
-             "Rows marked *(ids as float32)* are a bench-side workaround for effdl's ONNX Runtime lowerings, which "
-             "feed float32 to the session: the same wrapper takes the ids as float32 and casts them back to int64 "
-             "(exact; the vocabulary has 30,522 ids). Where PTQConfig's defaults failed, the retry is listed under "
-             "'INT8 models' below."), ""]
+             "the graph) with BertModel's unused pooler dropped, and a bench-local Task adapter over token-id rows."), ""]
     if res.get("timing_warnings"):
         lines += ["**Timing warnings**:", ""] + [f"- {w}" for w in res["timing_warnings"]] + [""]
     lines += ["| runtime | effdl source model | " + " | ".join(f"{s} fraction" for s in labels)
@@ -452,7 +430,7 @@ def render(res: dict, meta: dict) -> str:
             else:
                 cells_f.append(_f(e.get("fraction_of_eager")))
                 cells_q.append(f"{e['cos_min']:.5f} / {e['cos_mean']:.5f}" if "cos_min" in e else "")
-        peer_row = row.removesuffix(" (ids as float32)")
+        peer_row = row
         peer = PEERS.get(peer_row)
         pcell = peer[0] if peer else ""
         pfrac = f"{_f(peer[1]) or '-'} / {_f(peer[2]) or '-'}" if peer and (peer[1] or peer[2]) else ""
@@ -470,10 +448,8 @@ def render(res: dict, meta: dict) -> str:
         row = pick(shapes[s]["runtimes"], ids)
         return f"{s}: {row} ({shapes[s]['runtimes'][row]['fraction_of_eager']:.2f} of eager)" if row else f"{s}: none"
 
-    lines += ["", f"**effdl's pick** (fastest runtime whose min cos >= {MIN_COS}), through effdl as it is (int64 ids): "
-              + "; ".join(picked(s, "int64") for s in labels) + ". Counting the float32-ids rows (what effdl would "
-              "pick once its ONNX Runtime lowerings feed int64 inputs): " + "; ".join(picked(s, None)
-                                                                                     for s in labels) + ".", ""]
+    lines += ["", f"**effdl's pick** (fastest runtime whose min cos >= {MIN_COS}): "
+              + "; ".join(picked(s, "int64") for s in labels) + ".", ""]
     lines += ["## Every runtime", "",
               "| shape | runtime | p50 ms | rounds ms | min cos | mean cos | SQNR dB | lower s | details |",
               "|---|---|---:|---|---:|---:|---:|---:|---|"]
@@ -484,7 +460,7 @@ def render(res: dict, meta: dict) -> str:
                          f"{_f(e.get('cos_min'), '.5f')} | {_f(e.get('cos_mean'), '.5f')} | {_f(e.get('sqnr_db'), '.1f')} | "
                          f"{e.get('lower_s', '')} | {detail} |")
     lines += ["", "## INT8 models (effdl.apply(task, PTQConfig(...)))", "",
-              "PTQConfig defaults first; a config that failed is listed with its reason, then the retry.", "",
+              "A config that failed is listed with its reason.", "",
               "| shape | model | config | built in s | int8 Linear | Linear kept FP32 | notes |",
               "|---|---|---|---:|---:|---:|---|"]
     for s in labels:
