@@ -58,10 +58,16 @@ def bench_main(doc: str, name: str, modes: dict[str, dict], run, render, argv: l
     if adjust is not None:
         adjust(mode, args)
     start = time.perf_counter()
+    if steady_malloc:  # a timing bench: say how busy the machine was
+        from runtimes import CpuLoad
+
+        load = CpuLoad()
     results = run(mode, lambda s: print(s, flush=True))
     meta = {"mode_name": mode_name, "mode": mode, "threads": args.threads, "seconds": time.perf_counter() - start,
             "command": " ".join(["python", f"bench/{name}.py", *(argv if argv is not None else sys.argv[1:])]),
             "environment": environment(threads=args.threads)}
+    if steady_malloc:
+        meta["foreign_cpu_fraction"] = round(load.foreign_fraction(), 3)
     publish(args.out, render(results, meta), {"meta": meta, "results": results}, echo=False)
     print(f"wrote {args.out}")
     return 0

@@ -184,7 +184,9 @@ def render(res: dict, meta: dict) -> str:
               f"latency: FP32 p50 on PyTorch eager and ONNX Runtime (CPU, all graph optimizations), {meta['threads']} "
               f"thread(s), median of {meta['mode']['rounds']} interleaved rounds; every lowering parity-checked "
               "against the model (rtol 1e-3, atol 1e-5). Speed-up = dense p50 / variant p50 on the same runtime. "
-              "**Latency figures are valid only when re-run on a quiet machine.**"), ""]
+              + (f"CPU time used by other processes during the run: {meta['foreign_cpu_fraction']:.0%} of all cores"
+                 + (" (timings noisy: re-run on a quiet machine)." if meta["foreign_cpu_fraction"] > 0.05 else ".")
+                 if "foreign_cpu_fraction" in meta else "Other processes' CPU use was not measured.")), ""]
     titles = {"mlp_svd": "## LeNet-300-100: truncated SVD of the two hidden Linears (rank = ratio x full rank; classifier dense)",
               "resnet20_tucker": "## ResNet-20: Tucker-2 of every Conv2d (ranks = ratio x channels)"}
     for key, rows in res.items():

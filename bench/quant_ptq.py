@@ -10,7 +10,7 @@ zoo models, accuracy on the test split and latency at batch 1 and 32 (threads pi
 (c) peers' defaults side by side with effdl's INT8 runtimes on the same models: torch
     ``quantize_dynamic`` (Linear, default qconfig), ONNX Runtime ``quantize_dynamic`` and
     ``quantize_static`` (default: QDQ, S8S8, per-tensor, MinMax) vs effdl pt2e-int8 / ort-int8
-    (``quantize.ptq`` defaults: static, per-channel, U8S8, min-max) and the dynamic pair, plus
+    (``quantize.ptq`` defaults: static, per-channel, min-max; U8S8 and S8S8) and the dynamic pair, plus
     FP32 eager and ORT FP32;
 (d) effdl's automatic INT8 choice (fastest verified of its runtimes) against each peer, per batch.
 
@@ -181,8 +181,8 @@ def bench_peers(model_name: str, data_name: str, mode: dict, threads: int, workd
         low = lower(q, rt, task=task, workdir=wd, threads=threads, batch_sizes=BATCHES)
         return low.predict, {"scheme": low.info.get("scheme"), "config": q.config.to_dict()}
 
-    for rt, q in (("pt2e-int8", static), ("ort-int8", static), ("torch-int8-dynamic", dynamic),
-                  ("ort-int8-dynamic", dynamic)):
+    for rt, q in (("pt2e-int8", static), ("ort-int8", static), ("ort-int8-s8s8", static),
+                  ("torch-int8-dynamic", dynamic), ("ort-int8-dynamic", dynamic)):
         builders[f"effdl {rt}"] = lambda rt=rt, q=q: effdl(rt, q)
     inputs = parity_inputs(task, BATCHES)
     variants, rows = {}, {}
@@ -285,7 +285,7 @@ def verdicts(m: dict) -> list[dict]:
 
 def verdict_lines(c: list[dict]) -> list[str]:
     lines = ["", "## (d) effdl's automatic INT8 choice vs each peer's default", "",
-             "effdl's choice = the fastest of its four INT8 runtimes that passed parity, per batch size (what "
+             "effdl's choice = the fastest of its five INT8 runtimes that passed parity, per batch size (what "
              f"`effdl optimize` picks). As fast: peer p50 / effdl p50 >= {1 - SPEED_NOISE:.2f} (5% noise band); "
              "as accurate: test accuracy >= the peer's (no tolerance; 1 image = 0.1 point).", "",
              "| model | batch | effdl choice | peer | acc diff (pt) | speed (peer p50 / effdl p50) | as accurate | as fast |",

@@ -176,7 +176,7 @@ def test_estimator_observer_gives_the_estimators_clip_as_uint8_qparams(estimator
 
 def test_entropy_and_mse_calibration_quantize_and_pick_their_runtimes(cnn_task, tmp_path):
     float_acc = accuracy(lambda x: cnn_task.model(x), cnn_task)
-    for calibration, runtimes in (("entropy", ["pt2e-int8", "ort-int8"]), ("mse", ["pt2e-int8"])):
+    for calibration, runtimes in (("entropy", ["pt2e-int8", "ort-int8", "ort-int8-s8s8"]), ("mse", ["pt2e-int8"])):
         q = apply(cnn_task, PTQConfig(calibration=calibration, num_batches=4))
         assert runtimes_for(q) == runtimes  # ONNX Runtime has no MSE calibrator
         assert abs(accuracy(q, cnn_task) - float_acc) <= 0.01, calibration
@@ -218,10 +218,10 @@ def test_constant_calibration_data_gives_finite_outputs_and_a_named_warning(digi
 def int8_lowerings(quantized, cnn_task, tmp_path_factory):
     wd = tmp_path_factory.mktemp("int8")
     return {rt: lower(quantized, rt, task=cnn_task, workdir=wd, threads=2, batch_sizes=(1, 32))
-            for rt in ("pt2e-int8", "ort-int8")}
+            for rt in ("pt2e-int8", "ort-int8", "ort-int8-s8s8")}
 
 
-@pytest.mark.parametrize("runtime", ["pt2e-int8", "ort-int8"])
+@pytest.mark.parametrize("runtime", ["pt2e-int8", "ort-int8", "ort-int8-s8s8"])
 def test_int8_runtimes_keep_fidelity_and_accuracy(cnn_task, quantized, int8_lowerings, runtime):
     low = int8_lowerings[runtime]
     assert (low.precision, low.lossless) == ("int8", False)
@@ -240,10 +240,11 @@ def test_pt2e_int8_really_runs_int8_kernels(int8_lowerings):
     assert info["int8_modules"] == ["conv1", "conv2", "fc1", "fc2"]
 
 
-def test_ort_int8_is_a_u8s8_qdq_model(int8_lowerings):
+@pytest.mark.parametrize("runtime,act_type", [("ort-int8", "UINT8"), ("ort-int8-s8s8", "INT8")])
+def test_ort_int8_is_a_qdq_model_with_its_activation_type(int8_lowerings, runtime, act_type):
     import onnx
 
-    low = int8_lowerings["ort-int8"]
+    low = int8_lowerings[runtime]
     proto = onnx.load(str(low.artifact))
     inits = {i.name: i for i in proto.graph.initializer}
     producer = {o: n for n in proto.graph.node for o in n.output}
@@ -254,7 +255,7 @@ def test_ort_int8_is_a_u8s8_qdq_model(int8_lowerings):
         assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.INT8
     acts = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     zp = {i.name: i.data_type for i in proto.graph.initializer}
-    assert acts and all(zp[n.input[2]] == onnx.TensorProto.UINT8 for n in acts)
+    assert acts and all(zp[n.input[2]] == getattr(onnx.TensorProto, act_type) for n in acts)
     assert low.info["per_channel"] is True and low.info["calibrate_method"] == "MinMax"
 
 

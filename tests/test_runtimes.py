@@ -123,7 +123,7 @@ def test_runtimes_for_float_and_quantized(tasks):
 
     assert runtimes_for(tasks["mlp"].model) == ["eager", "compile", "ort"]
     q = apply(tasks["mlp"], PTQConfig(num_batches=2))
-    assert runtimes_for(q) == ["pt2e-int8", "ort-int8"]
+    assert runtimes_for(q) == ["pt2e-int8", "ort-int8", "ort-int8-s8s8"]
     # the sparse eager path is tried only where some Linear layer is at least half zeros
     from effdl.compress.prune import MagnitudeConfig
 

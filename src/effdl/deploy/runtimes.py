@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..core.errors import ConfigError, UnsupportedModuleError, suggest
 from .lowered import Lowered, check_batch_sizes, check_threads
-from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic
+from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic, lower_ort_int8_s8s8
 from .sparse_exec import has_sparse_linear, lower_sparse_eager
 from .torch_runtime import lower_bf16, lower_compile, lower_eager, lower_pt2e_int8, lower_torch_int8_dynamic
 
@@ -53,6 +53,8 @@ RUNTIMES: dict[str, Runtime] = {
                          "quantized", _ptq_mode("static")),
     "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized",
                         _ptq_mode("static", ("minmax", "percentile", "entropy"))),  # ORT has no MSE calibrator
+    "ort-int8-s8s8": Runtime(lower_ort_int8_s8s8, "ONNX Runtime static QDQ INT8 (S8S8, per-channel weights)",
+                             "quantized", _ptq_mode("static", ("minmax", "percentile", "entropy"))),
     "torch-int8-dynamic": Runtime(lower_torch_int8_dynamic, "PyTorch eager quantize_dynamic INT8 (Linear layers, "
                                   "activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
     "ort-int8-dynamic": Runtime(lower_ort_int8_dynamic, "ONNX Runtime quantize_dynamic INT8 (MatMulInteger, Linear "

@@ -7,8 +7,9 @@ otherwise (lo, hi) of x itself. Estimators:
 * ``MinMax``: the observed extremes;
 * ``MovingAverageMinMax``: per-batch extremes averaged, ``lo <- m * lo + (1 - m) * batch_lo``;
 * ``Percentile``: the ``percentile``-th percentile (and 100 - p for the low end) of all values;
-* ``Entropy``: TensorRT's KL calibration on the |x| histogram: the threshold t minimising
-  KL(P || Q) between the clipped reference distribution P and its 2^(b-1)-level quantization Q;
+* ``Entropy``: TensorRT's KL calibration: the clip minimising KL(P || Q) between the clipped
+  reference histogram P and its quantization Q (|x| and 2^(b-1) levels when symmetric; x and 2^b
+  levels anchored at its minimum otherwise);
 * ``MSE``: the clip (fraction of the observed range, grid search) minimising the expected
   squared quantization error of the histogram under the given integer width.
 
@@ -195,42 +196,41 @@ class Percentile(_Histogram):
         return lo, max(hi, lo)
 
 
-class Entropy(RangeEstimator):
-    """TensorRT's entropy calibration on the histogram of |x| over [0, max|x|].
+class Entropy(_Histogram):
+    """TensorRT's entropy (KL) calibration: the clip whose quantized histogram diverges least.
 
-    For each candidate threshold i (in bins, from 2^(bits-1) to all bins): P = the first i bins
-    with the counts beyond them folded into bin i-1; Q = those i bins merged into 2^(bits-1)
-    chunks, each chunk's mass spread evenly over its non-empty bins. The threshold t is the right
-    edge of the i with the smallest KL(P || Q). The clip is symmetric by construction: with
-    ``symmetric=False`` the range is the observed (lo, hi) clipped to [-t, t].
+    Symmetric: the histogram of |x| over [0, max|x|], 2^(bits-1) levels (TensorRT's int8). Otherwise
+    the histogram of x over [min x, max x] and 2^bits levels anchored at min x (the uint8 grid of
+    asymmetric activations), so only the top is clipped; for ReLU outputs (min 0) the two agree up
+    to the number of levels. For each candidate edge i (in bins, from the number of levels to all
+    bins): P = the first i bins with the counts beyond them folded into bin i-1; Q = those i bins
+    merged into ``levels`` chunks, each chunk's mass spread evenly over its non-empty bins. The clip
+    is the right edge of the i with the smallest KL(P || Q). (Clipping the bottom too, at +-t from
+    |x|, wrecks inputs with a large mass away from 0, such as normalised MNIST backgrounds.)
     """
 
     def __init__(self, bits: int = 8, bins: int = 2048, **kw) -> None:
-        super().__init__(**kw)
-        self.levels = 2 ** (QScheme(bits=bits).bits - 1)
+        super().__init__(bins=bins, **kw)
+        width = QScheme(bits=bits).bits
+        self.levels = 2 ** (width - 1) if self.symmetric else 2 ** width
         if bins < self.levels:
-            raise ConfigError(f"Entropy needs bins >= 2^(bits-1) = {self.levels}, got {bins}; raise bins")
-        self.hist = torch.zeros(int(bins), dtype=torch.float64)
-        self.lo, self.hi, self.amax = math.inf, -math.inf, -math.inf
-
-    def _observe(self, x):
-        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
-        _, self.amax = hist_add(self.hist, 0.0, self.amax, x.abs())  # lo pinned at 0
+            raise ConfigError(f"Entropy needs bins >= {self.levels} quantization levels, got {bins}; raise bins")
+        if self.symmetric:
+            self.lo = 0.0  # the |x| histogram starts at 0, as TensorRT's
 
     def threshold(self) -> float:
-        counts = self.hist.numpy()
-        if self.amax <= 0:
-            return max(self.amax, 0.0)
+        counts, width = self._counts()
+        if width <= 0:
+            return self.hi
         best_i, best_kl = counts.size, math.inf
         for i in range(self.levels, counts.size + 1):
             kl = _kl_of_clip(counts, i, self.levels)
             if kl < best_kl:
                 best_i, best_kl = i, kl
-        return best_i * self.amax / counts.size
+        return self.lo + best_i * width
 
     def _range(self):
-        t = self.threshold()
-        return (self.lo, t) if self.symmetric else (max(self.lo, -t), min(self.hi, t))
+        return self.lo, self.threshold()
 
 
 def _kl_of_clip(counts: np.ndarray, i: int, levels: int) -> float:
