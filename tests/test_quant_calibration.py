@@ -132,3 +132,14 @@ def test_bad_settings_and_no_data():
         est = MinMax()
         est.observe(torch.ones(3))
         est.qparams(QScheme(bits=8, granularity="channel"))
+
+
+def test_entropy_ignores_the_exact_zeros_of_relu_outputs():
+    # 90% exact zeros (ReLU) + uniform (0, 1): zero is exact on the grid, so the spike must not
+    # drag the clip to the smallest candidate (1/8 of the range for 256 levels over 2048 bins)
+    torch.manual_seed(0)
+    x = torch.cat([torch.zeros(90_000), torch.rand(10_000)])
+    est = Entropy()
+    est.observe(x)
+    lo, hi = est.range()
+    assert lo == 0.0 and hi > 0.9

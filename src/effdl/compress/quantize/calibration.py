@@ -205,8 +205,10 @@ class Entropy(_Histogram):
     to the number of levels. For each candidate edge i (in bins, from the number of levels to all
     bins): P = the first i bins with the counts beyond them folded into bin i-1; Q = those i bins
     merged into ``levels`` chunks, each chunk's mass spread evenly over its non-empty bins. The clip
-    is the right edge of the i with the smallest KL(P || Q). (Clipping the bottom too, at +-t from
-    |x|, wrecks inputs with a large mass away from 0, such as normalised MNIST backgrounds.)
+    is the right edge of the i with the smallest KL(P || Q). The bin holding 0.0 is left out of the
+    search (zero is exact on the grid; with it, the spike of ReLU zeros drags the clip to 1/8 of the
+    range). (Clipping the bottom too, at +-t from |x|, wrecks inputs with a large mass away from 0,
+    such as normalised MNIST backgrounds.)
     """
 
     def __init__(self, bits: int = 8, bins: int = 2048, **kw) -> None:
@@ -222,6 +224,11 @@ class Entropy(_Histogram):
         counts, width = self._counts()
         if width <= 0:
             return self.hi
+        if self.lo <= 0.0 < self.hi:
+            # 0.0 is exact on every grid (the zero point): the spike of ReLU zeros must not pull the
+            # clip down (chunks of 1 bin, i = levels, reproduce it exactly, so the search lands there)
+            counts = counts.copy()
+            counts[min(int(-self.lo / width), counts.size - 1)] = 0
         best_i, best_kl = counts.size, math.inf
         for i in range(self.levels, counts.size + 1):
             kl = _kl_of_clip(counts, i, self.levels)
