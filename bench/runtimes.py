@@ -1,6 +1,7 @@
 """Runtime benchmark: FP32 eager / torch.compile / ONNX Runtime, BF16 (compile + autocast), static
 INT8 (PT2E + compile, ORT QDQ) and dynamic INT8 (torch quantize_dynamic, ORT MatMulInteger) on
-trained zoo models (CNNs, MLP, MiniLM-shaped encoder), at batch 1 and 32, threads pinned to 2.
+trained zoo models (CNNs, MLP, a small BERT-shaped encoder; the real MiniLM is bench/minilm.py),
+at batch 1 and 32, threads pinned to 2.
 
     python bench/runtimes.py --quick        # a few minutes; results in bench/results/runtimes.md
     python bench/runtimes.py --render bench/results/runtimes.json   # re-render only
