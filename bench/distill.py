@@ -41,6 +41,7 @@ from _publish import environment_block, publish
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -234,7 +235,8 @@ def render_experiment(name: str, result: dict) -> list[str]:
     for label, s in summary.items():
         lines.append(f"| {label} | {s['alone_test']:.4f} | {s['best_T']:g} | {s['distilled_test']:.4f} | "
                      f"{s['teacher_test']:.4f} | {s['gap_closed']:.2f} | {met(s['target_met'])} | "
-                     f"{s['gap_closed_vs_plain_alone']:.2f} | "
+                     + ("- (no plain run) | " if math.isnan(s["gap_closed_vs_plain_alone"])
+                        else f"{s['gap_closed_vs_plain_alone']:.2f} | ") +
                      f"{s['best_alone_test']:.4f} ({s['best_alone_variant']}) | "
                      f"{s['gap_closed_vs_best_alone']:.2f} | {met(s['target_met_vs_best_alone'])} |")
     lines += ["", "Gap closed (same images) per seed, at the T picked on the mean: "
