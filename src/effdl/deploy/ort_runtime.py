@@ -250,12 +250,11 @@ def _lower_ort_static(model: nn.Module, task, workdir: Path, threads: int, runti
         # ORT's default also quantizes those, which wrecks fidelity (min cosine 0.08 on MiniLM)
         attention = _activation_matmuls(pre)
         exclude_nodes += attention
+        op_types = ["Conv", "MatMul", "Gemm"] if attention else None  # None: ORT's default op types
         if attention:  # inputs of the weighted ops only: their outputs feed FP32 ops
-            extra.update(op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                         OpTypesToExcludeOutputQuantization=["Conv", "MatMul", "Gemm"])
+            extra["OpTypesToExcludeOutputQuantization"] = op_types
         if model.input_ranges:  # given (QAT's trained ranges): override ORT's calibration of those tensors
             extra["TensorQuantOverrides"] = _input_overrides(pre, model.input_ranges)
-        op_types = extra.pop("op_types_to_quantize", None)
         quantize_static(
             str(pre), str(staged), _Reader(model.calibration, "input"),
             quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",

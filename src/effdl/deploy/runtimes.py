@@ -45,6 +45,8 @@ def has_bf16_weights(model: nn.Module) -> bool:
     return isinstance(model, FloatFormatModel) and model.config.format == "bf16"
 
 
+_ORT_STATIC = _ptq_mode("static", ("minmax", "percentile", "entropy"))  # ORT has no MSE calibrator
+
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime(lower_eager, "PyTorch eager FP32 (eval, inference_mode)", "float"),
     "compile": Runtime(lower_compile, "torch.compile (inductor) FP32 with freezing, static shapes", "float"),
@@ -52,9 +54,9 @@ RUNTIMES: dict[str, Runtime] = {
     "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels",
                          "quantized", _ptq_mode("static")),
     "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized",
-                        _ptq_mode("static", ("minmax", "percentile", "entropy"))),  # ORT has no MSE calibrator
+                        _ORT_STATIC),
     "ort-int8-s8s8": Runtime(lower_ort_int8_s8s8, "ONNX Runtime static QDQ INT8 (S8S8, per-channel weights)",
-                             "quantized", _ptq_mode("static", ("minmax", "percentile", "entropy"))),
+                             "quantized", _ORT_STATIC),
     "torch-int8-dynamic": Runtime(lower_torch_int8_dynamic, "PyTorch eager quantize_dynamic INT8 (Linear layers, "
                                   "activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
     "ort-int8-dynamic": Runtime(lower_ort_int8_dynamic, "ONNX Runtime quantize_dynamic INT8 (MatMulInteger, Linear "
