@@ -8,6 +8,7 @@ where calibration batches come from, and what a real example input looks like.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,19 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import ConfigError, DataError, ModelError
 
 Predictor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A task's primary quality metric and its direction."""
+
+    name: str
+    higher_is_better: bool = True
+
+    def drop(self, baseline: float, value: float, relative: bool = False) -> float:
+        """How much worse ``value`` is than ``baseline`` (positive = worse), absolute or relative."""
+        d = (baseline - value) if self.higher_is_better else (value - baseline)
+        return d / abs(baseline) if relative and baseline != 0 else d
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -27,6 +41,10 @@ class Task:
 
     model: nn.Module
     primary_metric: str = "accuracy"
+
+    @property
+    def metric(self) -> MetricSpec:
+        return MetricSpec(self.primary_metric, True)
 
     def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
         raise NotImplementedError
