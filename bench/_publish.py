@@ -75,7 +75,7 @@ def bench_main(doc: str, name: str, modes: dict[str, dict], run, render, argv: l
 
 def zoo_task(model_name: str, data: str = "mnist"):
     """The trained zoo baseline ``model_name`` on a bundled data set, as an ImageClassification task."""
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.zoo import trained
 

@@ -97,7 +97,7 @@ EXPERIMENTS["hinton-patient"] = {**EXPERIMENTS["hinton-long"],
 
 
 def make_task(model, data, seed: int):
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
 
     return ImageClassification(model, data.train, data.val, data.test, num_classes=data.num_classes, seed=seed)
 

@@ -25,7 +25,7 @@ MODES = {"quick": {"rounds": 7, "epochs": 8.0, "seeds": (0,)}, "full": {"rounds"
 
 def run(seed: int, mode: dict, log) -> dict:
     from effdl.compress.prune.lottery import LotteryConfig, find_ticket
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.zoo import build
 

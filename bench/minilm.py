@@ -192,32 +192,38 @@ def embedder(bert):
 
 
 def token_task(model, train_ids, val_ids):
-    """The slice of effdl's Task that quantize.ptq and runtimes.lower use, over token-id rows
-    (returned in the dtype of ``train_ids``/``val_ids``)."""
-    from effdl.core.errors import ConfigError
-    from effdl.core.task import Task
+    """effdl's token-id Task machinery (``effdl.core.tasks.TokenTask``) over these rows (kept in the
+    dtype of ``train_ids``/``val_ids``); quality here is the bench's own cosine to FP32 eager, so the
+    task's metric is the cosine of a predictor's outputs to ``model``'s."""
+    import torch
+    import torch.nn.functional as F
 
-    class TokenTask(Task):
-        primary_metric = "cosine"
+    from effdl.core.task import MetricSpec
+    from effdl.core.tasks import TokenTask
 
-        def __init__(self) -> None:
-            self.model = model
-            self.input_shape = tuple(train_ids.shape[1:])
+    class BenchTokens(TokenTask):
+        output_kind = "embedding"
 
-        def example_input(self, batch_size: int = 1, split: str = "val"):
-            rows = train_ids if split == "train" else val_ids
-            return rows[[i % len(rows) for i in range(batch_size)]].clone()
+        @property
+        def metric(self):
+            return MetricSpec("cos_mean", True)
 
-        def calibration_batches(self, n: int, batch_size: int = 32):
-            if n < 1:
-                raise ConfigError(f"calibration needs at least 1 batch, got {n}")
-            idx = [i % len(train_ids) for i in range(n * batch_size)]
-            return list(train_ids[idx].split(batch_size))
+        def targets(self, split, idx):
+            with torch.no_grad():
+                return model(self._rows(split)[idx]).float()
 
-        def with_model(self, m):
-            return token_task(m, train_ids, val_ids)
+        def output_loss(self, outputs, targets):
+            return 1.0 - F.cosine_similarity(outputs, targets, dim=-1).mean()
 
-    return TokenTask()
+        def evaluate(self, predictor, split="test"):
+            rows = self._rows(split)
+            with torch.no_grad():
+                ref = model(rows).double()
+            cos = F.cosine_similarity(self._outputs(predictor, rows).double(), ref, dim=-1)
+            return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
+
+    return BenchTokens(model, {"train": train_ids, "val": val_ids}, pad_id=PAD_ID, seq_len=train_ids.shape[1],
+                       max_length=None, batch_size=CALIB_BATCH, seed=0)
 
 
 def _short(exc: BaseException) -> str:

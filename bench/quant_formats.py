@@ -73,7 +73,7 @@ MODES = {"quick": {"quick": True}, "full": {"quick": False}}
 def run(mode: dict, log) -> dict:
     quick = mode["quick"]
     from effdl.core.registry import apply
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.zoo import trained
 

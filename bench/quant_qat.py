@@ -73,7 +73,7 @@ def run(mode: dict, log) -> dict:
     quick = mode["quick"]
     from effdl.core.records import records
     from effdl.core.registry import apply
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.zoo import trained
 

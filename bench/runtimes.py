@@ -94,7 +94,7 @@ def bench_model(model_name: str, data_name: str, mode: dict, threads: int, workd
     import torch
 
     from effdl.core.registry import apply
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.deploy import runtimes
     from effdl.deploy.parity import check_parity, parity_inputs

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.learn import SimCLRConfig
     from effdl.learn.selfsup import finetune, pretrain

@@ -54,7 +54,7 @@ def end_to_end(mode: dict, threads: int, workdir: Path, log) -> dict:
     import torch
 
     from effdl.compress.prune import prune_to
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.deploy.parity import check_parity, parity_inputs
     from effdl.deploy.sparse_exec import _median_ms, lower_sparse_eager

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.data import load_data
     from effdl.metrics.env import environment
     from effdl.metrics.latency import timing_environment_warnings

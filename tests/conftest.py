@@ -17,7 +17,7 @@ def digits():
 @pytest.fixture(scope="session")
 def digits_task(digits):
     """A trained LeNet-300-100-style MLP on scikit-learn digits (real data, seconds to train)."""
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
     from effdl.zoo import build
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 
 from effdl.core.errors import ModelError
 from effdl.core.io import sha256_file
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.data import DATASETS, load_data
 from effdl.zoo import ZOO, baseline_files, load_model, recipe_for, trained
 

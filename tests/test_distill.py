@@ -159,14 +159,17 @@ class _Recorder(nn.Module):
 def test_teacher_labels_the_augmented_input_the_student_sees():
     from effdl.learn.distill import logit_loss
 
+    from torch.utils.data import TensorDataset
+
     torch.manual_seed(0)
     x, y = torch.rand(8, 1, 4, 4) + 1.0, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     teacher, student = _Recorder(), _Recorder()
-    loss = logit_loss(effdl.learn.Distill(shift=1, cutout=2, mixup=0.5), [teacher], 3)(student, x, y)
+    task = effdl.Classification(student, TensorDataset(x, y), TensorDataset(x, y), num_classes=3)
+    loss = logit_loss(effdl.learn.Distill(shift=1, cutout=2, mixup=0.5), [teacher], task)(student, x, y)
     assert torch.equal(teacher.seen, student.seen)
     assert not torch.equal(student.seen, x)  # the batch was augmented
     assert torch.isfinite(loss)
-    plain = logit_loss(effdl.learn.Distill(temperature=2.0, alpha=0.25), [teacher], 3)(student, x, y)
+    plain = logit_loss(effdl.learn.Distill(temperature=2.0, alpha=0.25), [teacher], task)(student, x, y)
     assert torch.equal(student.seen, x)  # no augmentation by default
     with torch.no_grad():
         expected = distillation_loss(student(x), teacher(x), y, 2.0, 0.25)

@@ -13,7 +13,7 @@ from effdl.zoo import build
 
 @pytest.fixture(scope="module")
 def digits_encoder(digits):
-    from effdl.core.task import ImageClassification
+    from effdl.core.tasks import ImageClassification
 
     torch.manual_seed(0)
     m = build("encoder", input_shape=digits.input_shape, num_classes=digits.num_classes, patch=2, dim=32, heads=4)

@@ -4,7 +4,7 @@ import torch
 import effdl
 from effdl.compress.prune.lottery import LotteryConfig, find_ticket, lottery_history
 from effdl.core.errors import ConfigError
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.zoo import build
 
 

@@ -21,7 +21,7 @@ from effdl.compress.quantize.observers import EstimatorObserver, PercentileObser
 from effdl.compress.quantize.ptq import PTQConfig, QuantizedModel
 from effdl.core.errors import ConfigError
 from effdl.core.registry import apply, config_from_dict
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
 from effdl.core.records import records
 from effdl.deploy.runtimes import lower, runtimes_for

@@ -22,7 +22,7 @@ from effdl.compress.quantize.bn_fold import fold_batchnorm
 from effdl.compress.quantize.equalize import equalize, weight_sqnr_db
 from effdl.compress.quantize.ptq import PTQConfig
 from effdl.core.registry import apply
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.data import load_data
 from effdl.deploy.parity import sqnr_db
 from effdl.zoo import trained

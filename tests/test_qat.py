@@ -20,7 +20,7 @@ from effdl.compress.quantize.weight_only import (
 )
 from effdl.core.errors import ConfigError
 from effdl.core.records import records
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.deploy.runtimes import lower
 
 LINEARS = ("1", "3", "5")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from effdl.core.errors import ConfigError, UnsupportedModuleError
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
 from effdl.deploy.runtimes import RUNTIMES, Lowered, lower, runtimes_for
 

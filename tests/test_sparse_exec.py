@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from effdl.core.errors import ConfigError
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.deploy.parity import check_parity, parity_inputs
 from effdl.deploy.sparse_exec import SparseLinear, decide, lower_sparse_eager, to_sparse_weight
 

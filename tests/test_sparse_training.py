@@ -9,7 +9,7 @@ from effdl.compress.prune.erk import erk_densities, nonzeros_per_layer
 from effdl.compress.prune.sparse_training import (SparseTrainingConfig, drop_fraction, sparse_train,
                                                   update_mask)
 from effdl.core.errors import ConfigError
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.zoo import build
 
 

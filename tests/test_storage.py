@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
+from effdl.core.compressed import CompressedModel
 from effdl.core.errors import ArtifactError, ConfigError, ModelError
 from effdl.deploy.storage import (
     LAYOUT_KEY, SPARSE_HEADER_OVERHEAD, load_compact, model_tensors, read_metadata, save_compact,
@@ -222,12 +223,17 @@ def test_plain_safetensors_file_loads_as_dense(tmp_path):
         _assert_identical(out[k], v)
 
 
-class _Quantized(torch.nn.Module):
+class _Quantized(CompressedModel):
     """A model that describes its own storage (as quantized models do): int8 weights + scales."""
+
+    runtime_kind = "float"
 
     def __init__(self):
         super().__init__()
         self.float_weight = torch.nn.Parameter(torch.randn(4, 4))
+
+    def float_reference(self):
+        return self
 
     def storage_tensors(self):
         scale = self.float_weight.detach().abs().amax() / 127
@@ -243,12 +249,22 @@ def test_model_tensors_prefers_storage_tensors():
     assert set(plain) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
     assert all(not v.requires_grad and v.is_contiguous() for v in plain.values())
 
-    class Broken(torch.nn.Module):
+    class Broken(_Quantized):
         def storage_tensors(self):
             return [torch.ones(1)]
 
     with pytest.raises(ModelError, match="storage_tensors"):
         model_tensors(Broken())
+
+    class NotDeclared(torch.nn.Module):  # a method of that name is not the contract: its state dict is stored
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def storage_tensors(self):
+            return {"other": torch.zeros(1)}
+
+    assert set(model_tensors(NotDeclared())) == {"w"}
 
 
 def test_two_views_of_one_storage_are_both_stored(tmp_path):

@@ -24,7 +24,7 @@ from effdl.compress.prune.structured import (
 from effdl.core.errors import ConfigError, UnsupportedModuleError
 from effdl.core.io import load_weights, save_tensors, write_json
 from effdl.core.registry import apply, get
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.data import load_data
 from effdl.zoo import build
 
@@ -272,7 +272,7 @@ def test_layer_pruning_picks_the_block_that_does_nothing(mnist):
         model.layers[4].bn2.weight.zero_()
         model.layers[4].bn2.bias.zero_()
     out = apply(task, LayerPruneConfig(num_blocks=1, batches=1))
-    val = [(x.float(), y.long()) for x, y in task.loader("val", 128)][:1]
+    val = list(task.batches("val", 128))[:1]
     impacts = structured.block_impacts(model, blocks, val)
     with torch.no_grad():
         own = float(F.cross_entropy(model(val[0][0]), val[0][1]))

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from effdl.compress.quantize.ptq import PTQConfig
 from effdl.core.registry import apply
-from effdl.core.task import ImageClassification
+from effdl.core.tasks import ImageClassification
 from effdl.deploy.parity import check_parity
 from effdl.deploy.runtimes import lower
 

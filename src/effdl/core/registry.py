@@ -24,6 +24,8 @@ class Technique:
     fn: Callable[..., nn.Module]
     needs: str | Callable[[TechniqueConfig], str]
     summary: str
+    #: task kinds (core.task.TASK_KINDS) the technique works with; None: any task
+    tasks: tuple[str, ...] | None = None
 
     def needs_for(self, config: TechniqueConfig) -> str:
         """What this config needs; techniques whose data needs depend on a field pass a callable."""
@@ -34,19 +36,25 @@ _BY_NAME: dict[str, Technique] = {}
 _BY_TYPE: dict[type, Technique] = {}
 
 
-def register(name: str, config: type[TechniqueConfig], needs="nothing"):
+def register(name: str, config: type[TechniqueConfig], needs="nothing", tasks: tuple[str, ...] | None = None):
     """Decorator: ``@register("prune.magnitude", MagnitudeConfig, needs="training")``.
 
-    ``needs`` is one of NEEDS or a function config -> one of NEEDS.
+    ``needs`` is one of NEEDS or a function config -> one of NEEDS; ``tasks`` the task kinds the
+    technique works with (None: any).
     """
+    from .task import TASK_KINDS
+
     if not callable(needs) and needs not in NEEDS:
         raise ConfigError(f"needs must be one of {NEEDS}, got {needs!r}")
+    if tasks is not None and not set(tasks) <= set(TASK_KINDS):
+        raise ConfigError(f"tasks must be kinds among {TASK_KINDS}, got {tasks!r}")
 
     def deco(fn):
         if name in _BY_NAME and _BY_NAME[name].fn is not fn:
             raise ConfigError(f"technique {name!r} is already registered")
         config.technique = name
-        tech = Technique(name, config, fn, needs, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        tech = Technique(name, config, fn, needs, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+                         tuple(tasks) if tasks is not None else None)
         _BY_NAME[name] = tech
         _BY_TYPE[config] = tech
         return fn
@@ -128,7 +136,11 @@ def apply(task_or_model, config: TechniqueConfig, *, task=None, inplace: bool = 
     tech = for_config(config)
     needs = tech.needs_for(config)
     if needs != "nothing" and task is None:
-        raise ConfigError(f"{tech.name} needs {needs} data: pass a Task (task=ImageClassification(...))")
+        raise ConfigError(f"{tech.name} needs {needs} data: pass a Task (task=effdl.Classification(...) or another "
+                          "effdl task)")
+    if tech.tasks is not None and task is not None and task.kind not in tech.tasks:
+        raise ConfigError(f"{tech.name} works on {', '.join(tech.tasks)} tasks, not on a {task.kind} task: "
+                          "leave it out of this task's recipes")
     if not inplace:
         model = copy.deepcopy(model)
     return tech.fn(model, config, task)

@@ -1,25 +1,44 @@
-"""Task: the adapter between a model and its data.
+"""Task: the contract between a model, its data and everything effdl does to the model.
 
-Everything else (techniques, measurement, runtimes, the optimizer) talks to a Task, never to a
-dataset directly. A Task knows how to evaluate a predictor (any callable batch -> logits, so a
-lowered ONNX Runtime session is evaluated exactly like an eager module), how to train or fine-tune,
-where calibration batches come from, and what a real example input looks like.
+Techniques, runtimes, measurement and the optimizer ask a Task for exactly these things and nothing
+else (no technique imports a concrete Task class or touches a dataset):
+
+- ``metric``: the primary quality metric and its direction; ``evaluate(predictor, split)`` -> the
+  task's metrics on a split. A predictor is any callable ``input batch -> output`` (a module, an
+  ONNX Runtime session wrapper), so every lowering is evaluated exactly like the eager model.
+- ``batches(split, ...)``: ``(inputs, targets)`` batches; ``loss(model, inputs, targets)`` the
+  training objective; ``train(model, ...)``: the one training loop of the package, with hooks
+  (a replacement loss for distillation, extra loss terms for hints, per-step callbacks for masks,
+  schedules and regrowth).
+- ``calibration_batches(n)``: real input batches of the train split (never the test split).
+- ``example_input(b)`` and ``dynamic_axes``: real inputs and which of their axes may vary (batch;
+  sequence for sequence models). ``output_kind`` says how outputs compare (parity checks).
+- ``with_model(model)``: the same task around another model.
+
+``kind`` names the task family (``TASK_KINDS``); techniques that only make sense for some families
+declare them at registration (``core.registry.register(..., tasks=...)``).
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError, DataError, ModelError
 
 Predictor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+TASK_KINDS = ("classification", "text-classification", "sentence-embedding", "causal-lm")
+#: how outputs are compared: class logits [B, C] (top-1 agreement), per-token logits [B, T, V]
+#: (top-1 per token), embeddings [B, D] (cosine similarity)
+OUTPUT_KINDS = ("logits", "token-logits", "embedding")
 
 
 @dataclass(frozen=True)
@@ -33,36 +52,27 @@ class MetricSpec:
         """How much worse ``value`` is than ``baseline`` (positive = worse), absolute or relative."""
         d = (baseline - value) if self.higher_is_better else (value - baseline)
         return d / abs(baseline) if relative and baseline != 0 else d
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class Task:
-    """Interface every task implements. ``model`` is the reference (uncompressed) model."""
+class TrainHook:
+    """Per-step callbacks of :meth:`Task.train`; override what you need.
 
-    model: nn.Module
-    primary_metric: str = "accuracy"
+    ``before_step`` runs before the forward pass (schedules that prune at step t), ``after_backward``
+    with dense gradients, before the optimizer step (mask the gradients, regrow connections; return
+    True to skip this optimizer step), ``after_step`` after the update (re-apply masks, snapshots).
+    """
 
-    @property
-    def metric(self) -> MetricSpec:
-        return MetricSpec(self.primary_metric, True)
+    def before_step(self, step: int, model: nn.Module) -> None:
+        pass
 
-    def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
-        raise NotImplementedError
+    def after_backward(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        return False
 
-    def train(self, model: nn.Module, *, epochs: float, **kw) -> nn.Module:
-        raise NotImplementedError
-
-    def calibration_batches(self, n: int, batch_size: int = 32) -> list[torch.Tensor]:
-        raise NotImplementedError
-
-    def example_input(self, batch_size: int = 1, split: str = "val") -> torch.Tensor:
-        raise NotImplementedError
-
-    def with_model(self, model: nn.Module) -> "Task":
-        raise NotImplementedError
+    def after_step(self, step: int, model: nn.Module) -> None:
+        pass
 
 
-class _SparsityKeeper:
+class _SparsityKeeper(TrainHook):
     """Keeps exact zeros of already-sparse weights at zero through fine-tuning.
 
     Any technique that trains a pruned model (fine-tuning, distillation) must not regrow pruned
@@ -79,142 +89,135 @@ class _SparsityKeeper:
                     self.masks.append((w, mask))
 
     @torch.no_grad()
-    def apply(self) -> None:
+    def after_step(self, step: int, model: nn.Module) -> None:
         for w, mask in self.masks:
             w.masked_fill_(~mask, 0.0)  # +0.0, so compact storage sees a zero
 
 
-def _as_logits(out) -> torch.Tensor:
-    if isinstance(out, np.ndarray):
-        out = torch.from_numpy(out)
+def as_output(out) -> torch.Tensor:
+    """A predictor's raw output (tensor, numpy array, or the first of a tuple/list) as float32."""
     if isinstance(out, (list, tuple)):
         out = out[0]
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
     return out.float()
 
 
-class ImageClassification(Task):
-    """Classification of fixed-shape inputs (images, 1-D signals) into ``num_classes``."""
+class Task(ABC):
+    """The contract every task implements. ``model`` is the reference (uncompressed) model."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        train: Dataset,
-        val: Dataset,
-        test: Dataset | None = None,
-        *,
-        num_classes: int | None = None,
-        batch_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"model must be an nn.Module, got {type(model).__name__}")
-        for name, ds in (("train", train), ("val", val)):
-            if ds is None or len(ds) == 0:
-                raise DataError(f"the {name} split is empty: pass a non-empty torch Dataset")
-        self.model = model
-        self.splits = {"train": train, "val": val, "test": test if test is not None else val}
-        self.batch_size = batch_size
-        self.seed = seed
-        x0, _ = train[0]
-        self.input_shape = tuple(x0.shape)
-        self.num_classes = num_classes or int(max(int(self.splits["train"][i][1]) for i in range(len(train)))) + 1
-        self._check_forward(model)
+    kind: ClassVar[str] = ""
+    output_kind: ClassVar[str] = "logits"
+    model: nn.Module
+    #: training batch size and the seed of the data order
+    batch_size: int = 64
+    seed: int = 0
 
-    def with_model(self, model: nn.Module) -> "ImageClassification":
-        new = object.__new__(ImageClassification)
-        new.__dict__.update(self.__dict__)
-        new.model = model
-        return new
+    # -- quality ----------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def metric(self) -> MetricSpec:
+        """The primary metric ``evaluate`` reports, and whether higher is better."""
 
-    def _check_forward(self, model: nn.Module) -> None:
-        x = self.example_input(2)
-        try:
-            with torch.no_grad():
-                was = model.training
-                model.eval()
-                out = _as_logits(model(x))
-                model.train(was)
-        except Exception as exc:  # any failure here is the user's model/data mismatch
-            raise ModelError(
-                f"the model's forward fails on the data's input shape {tuple(x.shape)}: "
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-                "Fix: build the model for this input shape or pick matching --data."
-            ) from None
-        if out.ndim != 2 or out.shape[1] != self.num_classes:
-            raise ModelError(
-                f"the model outputs shape {tuple(out.shape)} but the data has {self.num_classes} "
-                f"classes: the model must return logits of shape (batch, {self.num_classes})"
-            )
+    @abstractmethod
+    def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
+        """The task's metrics of ``predictor`` on ``split`` ("train", "val" or "test")."""
 
-    # -- data -------------------------------------------------------------------------------
-    def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
-        if split not in self.splits:
-            raise DataError(f"unknown split {split!r}; use one of {list(self.splits)}")
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.splits[split], batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=g)
+    # -- data -------------------------------------------------------------------------------------
+    @abstractmethod
+    def batches(self, split: str, batch_size: int | None = None, *, shuffle: bool = False,
+                seed: int | None = None) -> Iterable[Batch]:
+        """``(inputs, targets)`` batches of ``split``; targets are what :meth:`loss` takes.
 
+        Re-iterable: with ``shuffle`` each pass draws a new order from one generator seeded with
+        ``seed`` (default: the task's), so two calls give the same sequence of epochs."""
+
+    @abstractmethod
+    def num_examples(self, split: str) -> int:
+        """How many examples ``batches(split)`` yields in one pass."""
+
+    @abstractmethod
     def example_input(self, batch_size: int = 1, split: str = "val") -> torch.Tensor:
-        ds = self.splits[split]
-        idx = [i % len(ds) for i in range(batch_size)]
-        return torch.stack([ds[i][0] for i in idx]).float()
+        """``batch_size`` real inputs (repeated if the split is shorter)."""
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """Input axes that may vary between calls: the batch, and the sequence for sequence models."""
+        return {0: "batch"}
 
     def calibration_batches(self, n: int, batch_size: int = 32) -> list[torch.Tensor]:
-        """``n`` real batches from the train split (never the test split), fixed order."""
+        """``n`` real input batches from the train split (never the test split), fixed order."""
         if n < 1:
             raise ConfigError(f"calibration needs at least 1 batch, got {n}")
         out = []
-        for x, _ in self.loader("train", batch_size, shuffle=True):
-            out.append(x.float())
+        for x, _ in self.batches("train", batch_size, shuffle=True):
+            out.append(x)
             if len(out) == n:
                 break
         return out
 
-    # -- evaluation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def logits(self, predictor: Predictor | nn.Module, split: str = "test", batch_size: int = 256):
-        """(logits, labels) over a whole split. Modules are put in eval mode for the call."""
-        if isinstance(predictor, nn.Module):
-            was = predictor.training
-            predictor.eval()
-        outs, labels = [], []
-        try:
-            for x, y in self.loader(split, batch_size):
-                outs.append(_as_logits(predictor(x.float())))
-                labels.append(y)
-        finally:
-            if isinstance(predictor, nn.Module):
-                predictor.train(was)
-        return torch.cat(outs), torch.cat(labels).long()
+    def inputs(self, n: int, splits: Sequence[str] = ("val", "test")) -> torch.Tensor:
+        """At least ``n`` real inputs, from the first split that has them (repeated if all are short)."""
+        xs, have = [], 0
+        for split in splits:
+            for x, _ in self.batches(split, 256):
+                xs.append(x)
+                have += x.shape[0]
+                if have >= n:
+                    return torch.cat(xs)[:n]
+        if not xs:
+            raise DataError("the task has no validation inputs")
+        pool = torch.cat(xs)
+        reps = math.ceil(n / pool.shape[0])
+        return pool.repeat(reps, *([1] * (pool.dim() - 1)))[:n]
 
-    def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
-        logits, y = self.logits(predictor, split)
-        return classification_metrics(logits, y, self.num_classes)
+    def steps_per_epoch(self, batch_size: int | None = None) -> int:
+        return max(1, math.ceil(self.num_examples("train") / (batch_size or self.batch_size)))
 
-    # -- training -------------------------------------------------------------------------------
+    # -- training ---------------------------------------------------------------------------------
+    @abstractmethod
+    def output_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task's training objective from the model's outputs on one batch."""
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The task's training objective on one batch."""
+        return self.output_loss(model(inputs), targets)
+
     def train(
         self,
         model: nn.Module,
         *,
         epochs: float = 1.0,
+        steps: int | None = None,
         lr: float = 1e-3,
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         schedule: str = "cosine",
         loss_fn: LossFn | None = None,
+        loss_terms: Sequence[LossFn] = (),
+        hooks: Sequence[TrainHook] = (),
         keep_sparsity: bool = True,
         batch_size: int | None = None,
         seed: int | None = None,
+        data_seed: int | None = None,
     ) -> nn.Module:
-        """Train ``model`` in place for ``epochs`` (fractions allowed) and return it in eval mode.
+        """Train ``model`` in place for ``steps`` optimizer steps (default: ``epochs`` passes over the
+        train split, fractions allowed) and return it in eval mode.
 
-        ``loss_fn(model, x, y)`` replaces cross-entropy (distillation plugs in here). Existing exact
-        zeros in Conv/Linear weights stay zero when ``keep_sparsity`` (pruned models stay pruned).
+        ``loss_fn(model, x, y)`` replaces :meth:`loss` (distillation plugs in here); each of
+        ``loss_terms`` is added to it (hints, regularisers). ``hooks`` get per-step callbacks.
+        Existing exact zeros in Conv/Linear weights stay zero when ``keep_sparsity`` (pruned models
+        stay pruned). ``seed`` seeds torch's generator, ``data_seed`` the data order (default: the
+        task's seed).
         """
-        if epochs <= 0:
+        bs = batch_size or self.batch_size
+        if steps is None:
+            if epochs <= 0:
+                return model.eval()
+            steps = max(1, math.ceil(epochs * self.steps_per_epoch(bs)))
+        if steps <= 0:
             return model.eval()
         torch.manual_seed(self.seed if seed is None else seed)
-        dl = self.loader("train", batch_size, shuffle=True)
-        steps = max(1, math.ceil(epochs * len(dl)))
         params = [p for p in model.parameters() if p.requires_grad]
         if optimizer == "adam":
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -223,44 +226,80 @@ class ImageClassification(Task):
         else:
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
-        keeper = _SparsityKeeper(model) if keep_sparsity else None
-        loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y))
+        hooks = ([_SparsityKeeper(model)] if keep_sparsity else []) + list(hooks)
+        objective = loss_fn or self.loss
+        data = self.batches("train", bs, shuffle=True, seed=data_seed)
         model.train()
         step = 0
         while step < steps:
-            for x, y in dl:
+            for x, y in data:
+                for h in hooks:
+                    h.before_step(step, model)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model, x.float(), y.long())
+                loss = objective(model, x, y)
+                for term in loss_terms:
+                    loss = loss + term(model, x, y)
                 if not torch.isfinite(loss):
                     raise ModelError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
                 loss.backward()
-                opt.step()
+                skip = False
+                for h in hooks:
+                    skip = bool(h.after_backward(step, model, opt)) or skip
+                if not skip:
+                    opt.step()
                 if sched is not None:
                     sched.step()
-                if keeper is not None:
-                    keeper.apply()
+                for h in hooks:
+                    h.after_step(step, model)
                 step += 1
                 if step >= steps:
                     break
         return model.eval()
 
+    # -- copies -----------------------------------------------------------------------------------
+    @abstractmethod
+    def with_model(self, model: nn.Module) -> "Task":
+        """The same task (data, settings) around ``model``."""
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """accuracy, top-5 accuracy (top-k with k=min(5, classes)), macro precision/recall/F1."""
-    pred = logits.argmax(1)
-    k = min(5, num_classes)
-    topk = logits.topk(k, 1).indices.eq(y[:, None]).any(1).float().mean().item()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    cm.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
-    tp = cm.diag()
-    prec = torch.where(cm.sum(0) > 0, tp / cm.sum(0).clamp_min(1), torch.zeros_like(tp))
-    rec = torch.where(cm.sum(1) > 0, tp / cm.sum(1).clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-12), torch.zeros_like(tp))
-    present = (cm.sum(1) + cm.sum(0)) > 0  # sklearn: labels seen in y or in the predictions
-    return {
-        "accuracy": pred.eq(y).float().mean().item(),
-        f"top{k}": topk,
-        "precision_macro": prec[present].mean().item(),
-        "recall_macro": rec[present].mean().item(),
-        "f1_macro": f1[present].mean().item(),
-    }
+    def with_train_subset(self, n: int, seed: int = 0) -> "Task":
+        """The same task whose train split is ``n`` of its examples (few-label fine-tuning)."""
+        raise ConfigError(f"{type(self).__name__} cannot take a subset of its train split")
+
+
+class LabelledTask(Task):
+    """A task whose targets are class ids (classification of tensors or of text)."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Number of classes; outputs are logits of shape (batch, num_classes)."""
+
+
+def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``predictor`` on each input batch as float32 outputs, one batch at a time; a module runs in
+    eval mode, restored when the iteration ends."""
+    module = predictor if isinstance(predictor, nn.Module) else None
+    was = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        for x in batches:
+            with torch.no_grad():
+                yield as_output(predictor(x))
+    finally:
+        if module is not None:
+            module.train(was)
+
+
+def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], None]) -> None:
+    """Run ``model`` on two real inputs; any failure is the user's model/data mismatch (ModelError)."""
+    x = task.example_input(2)
+    try:
+        out = next(eval_mode_outputs(model, [x]))
+    except Exception as exc:  # the user's model: report whatever its forward raised
+        raise ModelError(
+            f"the model's forward fails on the data's input shape {tuple(x.shape)} ({x.dtype}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "Fix: build the model for this input or pick matching --data."
+        ) from None
+    check(out)

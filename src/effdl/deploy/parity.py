@@ -135,24 +135,6 @@ def check_parity(
     return result(not reasons, reason, **metrics)
 
 
-def _pool(task, n: int) -> torch.Tensor:
-    """At least ``n`` real inputs: the validation split first, then the test split if it is short."""
-    xs, have = [], 0
-    for split in ("val", "test"):
-        if split not in getattr(task, "splits", {"val": None}):
-            continue
-        for x, _ in task.loader(split, batch_size=256):
-            xs.append(x.float())
-            have += x.shape[0]
-            if have >= n:
-                return torch.cat(xs)[:n]
-    if not xs:
-        raise DataError("parity_inputs: the task has no validation inputs")
-    pool = torch.cat(xs)
-    reps = math.ceil(n / pool.shape[0])  # tiny splits: repeat to fill whole batches
-    return pool.repeat(reps, *([1] * (pool.dim() - 1)))[:n]
-
-
 def parity_inputs(task, batch_sizes: tuple[int, ...] = (1, 32), n: int = 256) -> list[torch.Tensor]:
     """Real inputs for a parity check: the largest batch size covers >= ``n`` samples in whole
     batches; each smaller batch size gets a few batches (8 samples at batch 1)."""
@@ -161,7 +143,7 @@ def parity_inputs(task, batch_sizes: tuple[int, ...] = (1, 32), n: int = 256) ->
         raise ConfigError(f"parity_inputs: batch sizes must be >= 1 and n >= 1, got {batch_sizes!r}, n={n}")
     big = sizes[-1]
     n_big = math.ceil(n / big) * big
-    pool = _pool(task, n_big)
+    pool = task.inputs(n_big)
     inputs: list[torch.Tensor] = []
     for b in sizes[:-1]:
         count = max(1, math.ceil(SMALL_BATCH_SAMPLES / b)) * b

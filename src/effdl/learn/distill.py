@@ -88,14 +88,15 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
         raise ConfigError(f"distillation temperature must be > 0, got {t}: use e.g. 4")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}: use e.g. 0.9")
-    soft = F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        teacher_log_probs(teacher_logits, t),
-        reduction="batchmean",
-        log_target=True,
-    )
     hard = F.cross_entropy(student_logits, labels)
-    return (1.0 - alpha) * hard + alpha * (t * t) * soft
+    return (1.0 - alpha) * hard + alpha * soft_kl(student_logits, teacher_logits, t)
+
+
+def soft_kl(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_teacher || softmax(student/T)) per row, averaged over rows."""
+    t = temperature
+    return (t * t) * F.kl_div(F.log_softmax(student_logits / t, dim=1), teacher_log_probs(teacher_logits, t),
+                              reduction="batchmean", log_target=True)
 
 
 def resolve_teachers(cfg: DistillConfig, model: nn.Module, task) -> list[nn.Module]:
@@ -110,7 +111,7 @@ def resolve_teachers(cfg: DistillConfig, model: nn.Module, task) -> list[nn.Modu
             if teacher is model:  # inplace on the task's own model: freeze a copy as the teacher
                 teacher = copy.deepcopy(model)
         elif cfg.teacher_checkpoint is not None:
-            teacher = build(name, input_shape=task.input_shape, num_classes=task.num_classes)
+            teacher = build(name, input_shape=tuple(task.example_input(1).shape[1:]), num_classes=task.num_classes)
             load_state_into(teacher, load_weights(cfg.teacher_checkpoint), cfg.teacher_checkpoint)
         else:
             teacher = trained(name, cfg.teacher_data)
@@ -137,18 +138,29 @@ def check_teachers(teachers: Sequence[nn.Module], model: nn.Module, task) -> Non
     model.train(was)
 
 
-def logit_loss(cfg: DistillConfig, teachers: Sequence[nn.Module], num_classes: int) -> Callable:
+def logit_loss(cfg: DistillConfig, teachers: Sequence[nn.Module], task) -> Callable:
     """Task.train's ``loss_fn(student, x, y)``: Hinton distillation against ``teachers``.
 
-    With augmentation on, the batch is augmented first and the teachers label the augmented
-    input ("consistent teaching", Beyer et al. 2022); the hard term uses the soft targets."""
+    Class logits: the Hinton loss (with augmentation on, the batch is augmented first and the
+    teachers label the augmented input, "consistent teaching", Beyer et al. 2022; the hard term uses
+    the soft targets). Per-token logits (language models): the same softened KL per token, and the
+    task's own loss as the hard term. Embeddings: 1 - cosine to the (mean) teacher embedding."""
+    kind = task.output_kind
 
     def loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if cfg.augmenting():
-            x, y = augment_batch(cfg, x, y, num_classes)
+            x, y = augment_batch(cfg, x, y, task.num_classes)
         with torch.no_grad():
             tl = [t(x) for t in teachers]
-        return distillation_loss(student(x), tl[0] if len(tl) == 1 else tl, y, cfg.temperature, cfg.alpha)
+        out = student(x)
+        if kind == "logits":
+            return distillation_loss(out, tl[0] if len(tl) == 1 else tl, y, cfg.temperature, cfg.alpha)
+        if kind == "embedding":
+            soft = 1.0 - F.cosine_similarity(out, torch.stack(tl).mean(0), dim=-1).mean()
+        else:  # token logits [B, T, V]: one distribution per token
+            v = out.shape[-1]
+            soft = soft_kl(out.reshape(-1, v), [t.reshape(-1, v) for t in tl], cfg.temperature)
+        return (1.0 - cfg.alpha) * task.output_loss(out, y) + cfg.alpha * soft
 
     return loss
 
@@ -156,13 +168,16 @@ def logit_loss(cfg: DistillConfig, teachers: Sequence[nn.Module], num_classes: i
 def distill_with(model: nn.Module, task, cfg: DistillConfig, teachers: nn.Module | Sequence[nn.Module] | None = None) -> nn.Module:
     """Distil into ``model`` in place. ``teachers``: module(s) to learn from; None = those ``cfg`` names."""
     refuse_quantized(model, "learn.distill")
+    if task.kind != "classification" and (cfg.augmenting() or cfg.teacher_names() != ("task",)):
+        raise ConfigError(f"learn.distill on a {task.kind} task distils from the task's own model only and without "
+                          "image augmentation: set teacher='task' and leave the augmentation fields off")
     if teachers is None:
         teachers = resolve_teachers(cfg, model, task)
     elif isinstance(teachers, nn.Module):
         teachers = [teachers]
     teachers = list(teachers)
     check_teachers(teachers, model, task)
-    return task.train(model, epochs=cfg.epochs, lr=cfg.lr, loss_fn=logit_loss(cfg, teachers, task.num_classes),
+    return task.train(model, epochs=cfg.epochs, lr=cfg.lr, loss_fn=logit_loss(cfg, teachers, task),
                       keep_sparsity=True)
 
 

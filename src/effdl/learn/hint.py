@@ -184,7 +184,7 @@ def hint_distill(model: nn.Module, task, cfg: HintConfig, teacher: nn.Module | N
     return model.eval(), history
 
 
-@register("learn.hint", HintConfig, needs="training")
+@register("learn.hint", HintConfig, needs="training", tasks=("classification",))
 def hint(model: nn.Module, cfg: HintConfig, task) -> nn.Module:
     """Feature distillation: FitNets hints with learned adapters, or attention transfer, plus logit distillation."""
     return hint_distill(model, task, cfg)[0]

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
-from torch.utils.data import Subset
+
 
 from ..core.config import TechniqueConfig
 from ..core.errors import ConfigError, UnsupportedModuleError
@@ -141,27 +141,8 @@ def pretrain(model: nn.Module, task, cfg: SimCLRConfig) -> tuple[nn.Module, list
 
 
 def labelled_subset(task, n: int | None, seed: int = 0):
-    """A Task whose train split is ``n`` class-balanced train examples (round robin over classes)."""
-    from ..core.task import ImageClassification
-
-    train = task.splits["train"]
-    if n is None:
-        return task
-    if n > len(train):
-        raise ConfigError(f"labels={n} but the train split has {len(train)} examples: use at most {len(train)}")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train), generator=g).tolist()
-    by_class: dict[int, list[int]] = {}
-    for i in order:
-        by_class.setdefault(int(train[i][1]), []).append(i)
-    picked: list[int] = []
-    while len(picked) < n:
-        for c in sorted(by_class):
-            if by_class[c] and len(picked) < n:
-                picked.append(by_class[c].pop())
-    sub = ImageClassification(task.model, Subset(train, picked), task.splits["val"], task.splits["test"],
-                              num_classes=task.num_classes, batch_size=min(task.batch_size, n), seed=seed)
-    return sub
+    """The task with ``n`` class-balanced train examples (None: the whole train split)."""
+    return task if n is None else task.with_train_subset(n, seed)
 
 
 def finetune(model: nn.Module, task, cfg: SimCLRConfig) -> nn.Module:
@@ -169,7 +150,7 @@ def finetune(model: nn.Module, task, cfg: SimCLRConfig) -> nn.Module:
     if cfg.finetune_steps == 0:
         return model.eval()
     sub = labelled_subset(task, cfg.labels, cfg.seed)
-    steps_per_epoch = math.ceil(len(sub.splits["train"]) / sub.batch_size)
+    steps_per_epoch = sub.steps_per_epoch()
     frozen = []
     if cfg.finetune == "linear":
         head = classifier_head(model)
@@ -185,7 +166,7 @@ def finetune(model: nn.Module, task, cfg: SimCLRConfig) -> nn.Module:
     return model.eval()
 
 
-@register("learn.simclr", SimCLRConfig, needs="training")
+@register("learn.simclr", SimCLRConfig, needs="training", tasks=("classification",))
 def simclr(model: nn.Module, cfg: SimCLRConfig, task) -> nn.Module:
     """SimCLR pre-training (NT-Xent on two views of unlabelled train images), then fine-tuning with few labels."""
     refuse_quantized(model, "learn.simclr")

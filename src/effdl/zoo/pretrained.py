@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..core.errors import ArtifactError, ModelError, suggest
 from ..core.io import load_state_into, load_weights, save_tensors, sha256_file, write_json
-from ..core.task import ImageClassification
+from ..core.tasks import Classification
 from ..data import Splits, cache_dir, load_data
 from ..data.factory import is_factory_spec
 from .recipes import Recipe, recipe_for
@@ -82,7 +82,7 @@ def _train(model_name: str, splits: Splits, seed: int, recipe: Recipe, weights: 
     with _threads(recipe.threads):
         torch.manual_seed(seed)
         model = build(model_name, input_shape=splits.input_shape, num_classes=splits.num_classes)
-        task = ImageClassification(model, splits.train, splits.val, splits.test, num_classes=splits.num_classes,
+        task = Classification(model, splits.train, splits.val, splits.test, num_classes=splits.num_classes,
                                    batch_size=recipe.batch_size, seed=seed)
         start = time.perf_counter()
         task.train(model, epochs=recipe.epochs, lr=recipe.lr, optimizer=recipe.optimizer,

@@ -63,7 +63,8 @@ def _saves(rank: int, m: int, n: int) -> bool:
 def sensitivity(model: nn.Module, task, layers, ratios, split: str = "val"):
     """{layer: [(rank, fraction of its parameters removed, metric drop)]} for each rank that saves
     parameters; each layer is truncated alone and restored exactly."""
-    metric = task.primary_metric
+    spec = task.metric
+    metric = spec.name
     base = task.evaluate(model, split)[metric]
     out = {}
     for name, m in layers:
@@ -76,7 +77,7 @@ def sensitivity(model: nn.Module, task, layers, ratios, split: str = "val"):
                 continue
             a, b = svd_factors(saved, r)
             m.weight.copy_(a @ b)
-            points.append((r, 1.0 - r * (rows + cols) / (rows * cols), base - task.evaluate(model, split)[metric]))
+            points.append((r, 1.0 - r * (rows + cols) / (rows * cols), spec.drop(base, task.evaluate(model, split)[metric])))
             m.weight.copy_(saved)
         out[name] = points
     return out

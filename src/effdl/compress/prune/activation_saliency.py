@@ -44,7 +44,7 @@ def taylor_scores(model: nn.Module, modules: list[nn.Module], batches: Iterable[
         with torch.enable_grad():
             for x, y in batches:
                 model.zero_grad(set_to_none=True)
-                loss_fn(model(x.float()), y.long()).backward()
+                loss_fn(model(x), y).backward()
                 for m in modules:
                     if m.weight.grad is not None:
                         grads[m] += m.weight.grad.detach()
@@ -115,13 +115,14 @@ def activation_scores(model: nn.Module, modules: list[nn.Module], batches: Itera
 
 
 def unit_scores(model: nn.Module, modules: list[nn.Module], saliency: str, *, train_batches=None,
-                seed: int = 0) -> dict[nn.Module, torch.Tensor]:
-    """Scores of every output unit of ``modules`` by ``saliency`` (see SALIENCIES)."""
+                seed: int = 0, loss_fn=None) -> dict[nn.Module, torch.Tensor]:
+    """Scores of every output unit of ``modules`` by ``saliency`` (see SALIENCIES); ``loss_fn(outputs,
+    targets)`` is the task's loss for the taylor saliency (default cross-entropy)."""
     if saliency in ("l1", "l2"):
         return {m: weight_scores(m, saliency) for m in modules}
     if saliency == "random":
         g = torch.Generator().manual_seed(seed)
         return {m: random_scores(m, g) for m in modules}
     if saliency == "taylor":
-        return taylor_scores(model, modules, train_batches)
+        return taylor_scores(model, modules, train_batches, loss_fn)
     return activation_scores(model, modules, [x for x, _ in train_batches], saliency)

@@ -129,8 +129,8 @@ def sensitivity_analysis(model: nn.Module, task, ratios=(0.3, 0.5, 0.7, 0.8, 0.9
     names = [n for n, _ in layers]
     with torch.enable_grad():
         scores = sal.compute(model, names, saliency, task=task, seed=seed)
-    metric = task.primary_metric
-    base = task.evaluate(model, split)[metric]
+    spec = task.metric
+    base = task.evaluate(model, split)[spec.name]
     curves: Curves = {}
     for name, m in layers:
         saved = m.weight.detach().clone()
@@ -138,7 +138,7 @@ def sensitivity_analysis(model: nn.Module, task, ratios=(0.3, 0.5, 0.7, 0.8, 0.9
         for r in ratios:
             mask = layer_mask(name, scores[name], m.weight, r, gran, sal.group_reduce(saliency))
             m.weight.masked_fill_(~mask, 0.0)
-            points.append((r, base - task.evaluate(model, split)[metric]))
+            points.append((r, spec.drop(base, task.evaluate(model, split)[spec.name])))
             m.weight.copy_(saved)
         curves[name] = points
     return curves

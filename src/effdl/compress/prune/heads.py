@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
@@ -112,7 +111,7 @@ def _l1(site: HeadSite) -> torch.Tensor:
     return torch.stack(parts).mean(0)
 
 
-def _taylor(model: nn.Module, sites: list[HeadSite], batches) -> list[torch.Tensor]:
+def _taylor(model: nn.Module, sites: list[HeadSite], batches, loss_fn) -> list[torch.Tensor]:
     """Mean over batches of |dL/dg_h| with a gate g_h = 1 on each head's context (Michel et al. 2019
     take the expectation of the absolute gradient; per batch is the affordable version of per sample)."""
     gates = [torch.ones(s.num_heads, requires_grad=True) for s in sites]
@@ -133,7 +132,7 @@ def _taylor(model: nn.Module, sites: list[HeadSite], batches) -> list[torch.Tens
             model.zero_grad(set_to_none=True)
             for g in gates:
                 g.grad = None
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), y)
             loss.backward()
             for acc, g in zip(grads, gates):
                 acc += g.grad.detach().abs()
@@ -156,7 +155,7 @@ def head_scores(model: nn.Module, sites: list[HeadSite], saliency: str, task=Non
         return [torch.rand(s.num_heads, generator=gen) for s in sites]
     if task is None:
         raise ConfigError("prune.heads with saliency='taylor' needs training data: pass task=, or use saliency='l1'")
-    return _taylor(model, sites, train_batches(task, batches, seed))
+    return _taylor(model, sites, train_batches(task, batches, seed), task.output_loss)
 
 
 def plan(scores: list[torch.Tensor], ratio: float, scope: str) -> list[list[int]]:

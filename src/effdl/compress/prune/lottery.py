@@ -113,7 +113,7 @@ def find_ticket(
     sizes = {n: m.weight.numel() for n, m in layers}
     masks: Masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in layers}
     theta = _snapshot(model)
-    steps_per_epoch = math.ceil(len(task.splits["train"]) / task.batch_size)
+    steps_per_epoch = task.steps_per_epoch()
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     if cfg.rewind == "early" and cfg.rewind_step >= total_steps:
         raise ConfigError(f"rewind_step {cfg.rewind_step} is not before the end of training ({total_steps} steps per round)")

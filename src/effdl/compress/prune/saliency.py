@@ -50,8 +50,8 @@ def task_batches(task, n: int, batch_size: int = 64) -> Batches:
     if n < 1:
         raise ConfigError(f"a data saliency needs at least 1 batch, got {n}")
     out = []
-    for x, y in task.loader("train", batch_size, shuffle=True):
-        out.append((x.float(), y.long()))
+    for x, y in task.batches("train", batch_size, shuffle=True):
+        out.append((x, y))
         if len(out) == n:
             break
     return out
@@ -228,10 +228,13 @@ def group_reduce(name: str) -> str:
 
 
 def compute(model: nn.Module, names, saliency: str, *, task=None, batches: Batches | None = None,
-            n_batches: int = 4, loss_fn: LossFn = cross_entropy, seed: int = 0, obd_method: str = "auto") -> Scores:
-    """Scores of ``saliency`` for the layers ``names`` (batches drawn from ``task`` when needed)."""
+            n_batches: int = 4, loss_fn: LossFn | None = None, seed: int = 0, obd_method: str = "auto") -> Scores:
+    """Scores of ``saliency`` for the layers ``names`` (batches drawn from ``task`` when needed; the
+    loss is the task's own unless ``loss_fn`` is given, cross-entropy without a task)."""
     check_saliency(saliency)
     fn, data, _ = SALIENCIES[saliency]
     if data and batches is None and task is not None:
         batches = task_batches(task, n_batches)
+    if loss_fn is None:
+        loss_fn = task.loss if task is not None else cross_entropy
     return fn(model, list(names), batches=batches, loss_fn=loss_fn, seed=seed, method=obd_method)

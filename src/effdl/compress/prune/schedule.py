@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from ...core.errors import ConfigError
+from ...core.task import TrainHook
 from .granularity import check_ratio
-from .saliency import cross_entropy
 
 SCHEDULES = ("oneshot", "iterative", "gradual")
 
@@ -57,21 +57,12 @@ def train_gradual(model: nn.Module, task, prune: Callable[[float], None], *, fin
     steps_at = set(pruning_steps(start, n, every))
     last = max(steps_at)
     total = max(total_steps or 0, last + 1)
-    per_epoch = len(task.loader("train"))
-    counter = {"t": 0}
+    class Ramp(TrainHook):
+        def before_step(self, step: int, model: nn.Module) -> None:
+            if step in steps_at:
+                prune(cubic_sparsity(step, final=final, initial=initial, start=start, n=n, every=every))
 
-    def loss_fn(m, x, y):
-        t = counter["t"]
-        if t in steps_at:
-            prune(cubic_sparsity(t, final=final, initial=initial, start=start, n=n, every=every))
-        counter["t"] += 1
-        return cross_entropy(m, x, y)
-
-    # Task.train runs ceil(epochs * batches per epoch) steps; ask for exactly `total`.
-    epochs = total / per_epoch
-    task.train(model, epochs=epochs, lr=lr, loss_fn=loss_fn, seed=seed)
-    if counter["t"] <= last:  # rounding left the last update out: apply it now
-        prune(final)
+    task.train(model, steps=total, lr=lr, hooks=[Ramp()], seed=seed)
     return model
 
 

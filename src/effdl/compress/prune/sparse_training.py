@@ -19,7 +19,6 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field
 
 from ...core.config import TechniqueConfig
@@ -27,6 +26,7 @@ from ...core.errors import ConfigError, ModelError
 from ...core.forms import refuse_quantized
 from ...core.registry import register
 from ...core.scope import weighted_layers
+from ...core.task import TrainHook
 from .distribution import PRUNABLE
 from .erk import erk_densities, nonzeros_per_layer
 
@@ -155,39 +155,27 @@ def masked_train(
     for n, mask in masks.items():
         if mask.shape != params[n].shape:
             raise ModelError(f"mask for {n!r} has shape {tuple(mask.shape)}, weight {tuple(params[n].shape)}")
-    g = torch.Generator().manual_seed(seed)
-    dl = torch.utils.data.DataLoader(task.splits["train"], batch_size=task.batch_size, shuffle=True, generator=g)
-    steps = max(1, math.ceil(epochs * len(dl)))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     apply_masks(model, masks)
-    model.train()
-    step = 0
-    while step < steps:
-        for x, y in dl:
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x.float()), y.long())
-            if not torch.isfinite(loss):
-                raise ModelError(f"training loss became {loss.item()} at step {step}: lower the learning rate")
-            loss.backward()
+
+    class KeepMasks(TrainHook):
+        def after_backward(self, step: int, net: nn.Module, opt: torch.optim.Optimizer) -> bool:
             old = {n: m.clone() for n, m in masks.items()} if updater is not None else None
-            skip = bool(updater(step, model, opt)) if updater is not None else False
+            skip = bool(updater(step, net, opt)) if updater is not None else False
             with torch.no_grad():
                 for n, mask in masks.items():
                     if old is not None and not torch.equal(old[n], mask):
                         _reset_optimizer_state(opt, params[n], old[n] != mask)
                     if params[n].grad is not None:
                         params[n].grad.masked_fill_(~mask, 0.0)
-            if not skip:
-                opt.step()
-            sched.step()
-            apply_masks(model, masks)
+            return skip
+
+        def after_step(self, step: int, net: nn.Module) -> None:
+            apply_masks(net, masks)
             if on_step is not None:
-                on_step(step, model)
-            step += 1
-            if step >= steps:
-                break
-    return model.eval()
+                on_step(step, net)
+
+    return task.train(model, epochs=epochs, lr=lr, weight_decay=0.0, hooks=[KeepMasks()], keep_sparsity=False,
+                      data_seed=seed)
 
 
 def sparse_train(model: nn.Module, task, cfg: SparseTrainingConfig,
@@ -198,7 +186,7 @@ def sparse_train(model: nn.Module, task, cfg: SparseTrainingConfig,
     layers = prunable_layers(model, cfg.exclude)
     gen = torch.Generator().manual_seed(cfg.seed)
     masks = random_masks(layers, cfg.sparsity, cfg.distribution, gen)
-    steps = max(1, math.ceil(cfg.epochs * math.ceil(len(task.splits["train"]) / task.batch_size)))
+    steps = max(1, math.ceil(cfg.epochs * task.steps_per_epoch()))
     t_end = int(cfg.update_end * steps)
 
     def updater(step: int, net: nn.Module, opt) -> bool:

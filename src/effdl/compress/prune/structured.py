@@ -81,8 +81,8 @@ def _example(model: nn.Module, cfg, task) -> torch.Tensor:
 def train_batches(task, n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` real (x, y) batches of the task's train split (never the test split), fixed order."""
     out = []
-    for x, y in task.loader("train", 64, shuffle=True):
-        out.append((x.float(), y.long()))
+    for x, y in task.batches("train", 64, shuffle=True):
+        out.append((x, y))
         if len(out) == n:
             break
     return out
@@ -156,7 +156,8 @@ def prune_channels_once(model: nn.Module, ratio: float, cfg: ChannelPruneConfig,
         return model
     layers = [m for m in model.modules() if isinstance(m, surgery.WEIGHTED)]
     batches = train_batches(task, cfg.batches, cfg.seed) if cfg.saliency in DATA_SALIENCIES else None
-    scores = unit_scores(model, layers, cfg.saliency, train_batches=batches, seed=cfg.seed)
+    scores = unit_scores(model, layers, cfg.saliency, train_batches=batches, seed=cfg.seed,
+                         loss_fn=task.output_loss if task is not None else None)
     g_scores = [group_scores(dg, g, scores) for g in groups]
     plan = select(g_scores, ratio, cfg.scope, cfg.round_to, [surgery.group_period(g) for g in groups])
     for g, idxs in zip(groups, plan):
@@ -275,18 +276,20 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
     return [n for n in found if not any(o != n and o.startswith(n + ".") for o in found)]
 
 
-def _val_loss(model: nn.Module, batches) -> float:
+def _val_loss(model: nn.Module, batches, loss) -> float:
     with torch.no_grad():
-        return sum(float(F.cross_entropy(model(x), y)) for x, y in batches) / len(batches)
+        return sum(float(loss(model, x, y)) for x, y in batches) / len(batches)
 
 
-def block_impacts(model: nn.Module, blocks: list[str], batches) -> dict[str, float]:
-    """Validation cross-entropy of the model with each block alone replaced by nn.Identity."""
+def block_impacts(model: nn.Module, blocks: list[str], batches, loss=None) -> dict[str, float]:
+    """Validation loss (``loss(model, x, y)``, default cross-entropy) of the model with each block
+    alone replaced by nn.Identity."""
+    loss = loss or (lambda m, x, y: F.cross_entropy(m(x), y))
     impact = {}
     for name in blocks:
         trial = copy.deepcopy(model)
         trial.set_submodule(name, nn.Identity())
-        impact[name] = _val_loss(trial.eval(), batches)
+        impact[name] = _val_loss(trial.eval(), batches, loss)
     return impact
 
 
@@ -304,8 +307,8 @@ def prune_layers(model: nn.Module, cfg: LayerPruneConfig, task) -> nn.Module:
         raise ConfigError(f"num_blocks={k} but the model has only {len(blocks)} removable blocks {blocks}: "
                           f"use at most {len(blocks)}")
     if cfg.saliency == "loss":
-        val = [(x.float(), y.long()) for x, y in task.loader("val", 128)][: cfg.batches]
-        impact = block_impacts(model, blocks, val)
+        val = list(task.batches("val", 128))[: cfg.batches]
+        impact = block_impacts(model, blocks, val, task.loss)
     else:
         impact = {n: float(torch.cat([p.detach().abs().flatten() for p in model.get_submodule(n).parameters()]).mean())
                   for n in blocks}

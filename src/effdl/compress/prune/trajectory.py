@@ -22,7 +22,7 @@ class Trajectory:
     def _quality(self, model: nn.Module) -> float | None:
         if self.task is None:
             return None
-        return float(self.task.evaluate(model, "val")[self.task.primary_metric])
+        return float(self.task.evaluate(model, "val")[self.task.metric.name])
 
     def mark(self, model: nn.Module, amount: float, event: str, epochs: float = 0.0) -> None:
         self.epochs += epochs

@@ -90,7 +90,7 @@ class _Pruner:
             self.curves = sensitivity_analysis(model, task, cfg.sensitivity_ratios, cfg.saliency, self.gran,
                                                exclude=cfg.exclude, protect_first_last=cfg.protect_first_last,
                                                seed=cfg.seed)
-            log.info("sensitivity curves: %s", self.curves)
+            log.info("sensitivity analysis of %d layers; drop with each pruned alone to its largest ratio: %s", len(self.curves), ", ".join(f"{n} {max(c)[1]:.4g}" for n, c in self.curves.items() if c))
 
     def _layers(self, model):
         mods = dict(model.named_modules())
@@ -118,7 +118,7 @@ def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
     pruner = _Pruner(model, cfg, task)
     try:
         if cfg.schedule == "gradual":
-            per_epoch = len(task.loader("train"))
+            per_epoch = task.steps_per_epoch()
             start = epochs_to_steps(cfg.start_epoch, per_epoch)
             ramp = max(cfg.frequency, epochs_to_steps(cfg.prune_epochs, per_epoch))
             n = max(1, ramp // cfg.frequency)
