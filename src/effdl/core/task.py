@@ -112,6 +112,8 @@ class Task(ABC):
     #: training batch size and the seed of the data order
     batch_size: int = 64
     seed: int = 0
+    #: real inputs a lowering's parity check compares on (fewer for expensive sequence models)
+    parity_samples: int = 256
 
     # -- quality ----------------------------------------------------------------------------------
     @property

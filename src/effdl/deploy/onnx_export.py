@@ -44,22 +44,32 @@ def check_size(model: nn.Module) -> None:
         )
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
+                dynamic_axes: dict[int, str] | None = None) -> Path:
     """Export ``model`` (eval mode) to ``path`` with inputs ``input`` [batch, ...] -> ``logits``.
+
+    ``dynamic_axes`` (default: the batch only) names the input axes left dynamic in the graph, e.g.
+    ``{0: "batch", 1: "sequence"}`` for token ids (``Task.dynamic_axes``).
 
     The exporter's optimizer runs (constant folding, Conv+BatchNorm fusion); each node keeps its
     module scope in the metadata (see ``node_modules``) and fused convs keep their weight's name.
     """
     check_size(model)
+    axes = dict(dynamic_axes or {0: "batch"})
     if example.shape[0] < 2:
         # a batch of 1 would let the exporter specialise the batch dimension to 1
         example = example.expand(2, *example.shape[1:]).contiguous()
+    # likewise a dynamic axis of size 1 would be specialised
+    small = [d for d in axes if d > 0 and example.shape[d] < 2]
+    if small:
+        raise UnsupportedModuleError(f"ONNX export: the example input's dynamic axes {small} have size 1; "
+                                     "export with an example of length >= 2 on every dynamic axis")
     model = model.eval()
     try:
         with _quiet(), torch.inference_mode(False), torch.no_grad():
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=OPSET, optimize=True,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamic_shapes=({d: torch.export.Dim(name) for d, name in axes.items()},),
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"

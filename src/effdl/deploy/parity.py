@@ -37,6 +37,7 @@ class ParityResult:
     batch_sizes: list[int]
     tolerance: dict[str, float]
     reason: str | None = None
+    cos_min: float | None = None  # embeddings: the least cosine similarity of any sample
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,11 +69,16 @@ def check_parity(
     atol: float = 1e-5,
     min_sqnr_db: float = 20.0,
     min_top1_agreement: float = 0.99,
+    min_cosine: float = 0.98,
+    output_kind: str = "logits",
 ) -> ParityResult:
     """Compare ``lowered.predict`` with ``reference`` on every tensor of ``inputs``.
 
     ``reference`` is the source model (an nn.Module is evaluated in eval mode, then restored) or
-    any batch -> logits callable. Which test applies is ``lowered.lossless``.
+    any batch -> logits callable. Which test applies is ``lowered.lossless``. ``output_kind``
+    (``Task.output_kind``) says what agreement means for a lossy lowering: the same top-1 class
+    ("logits"), the same top-1 token at every position ("token-logits"), or a cosine similarity of
+    at least ``min_cosine`` for every sample ("embedding").
     """
     if not inputs:
         raise DataError("check_parity needs at least one input batch (use parity_inputs(task))")
@@ -90,6 +96,8 @@ def check_parity(
             module.train()
     outs = [_run(lowered.predict, x) for x in inputs]
     tolerance = {"rtol": rtol, "atol": atol, "min_sqnr_db": min_sqnr_db, "min_top1_agreement": min_top1_agreement}
+    if output_kind == "embedding":
+        tolerance["min_cosine"] = min_cosine
     batch_sizes = sorted({int(x.shape[0]) for x in inputs})
     n = sum(int(x.shape[0]) for x in inputs)
 
@@ -113,8 +121,17 @@ def check_parity(
     big = mag > atol  # relative error is meaningless where the reference is ~0
     max_rel = float((diff[big] / mag[big]).max()) if bool(big.any()) else 0.0
     snr = sqnr_db(ref, out)
-    agree = float((out.argmax(1) == ref.argmax(1)).double().mean()) if ref.shape[1] > 1 else 1.0
-    metrics = dict(max_abs_err=max_abs, max_rel_err=max_rel, sqnr_db=snr, top1_agreement=agree)
+    cos_min = None
+    if output_kind == "embedding":
+        cos_min = float(torch.nn.functional.cosine_similarity(out.double(), ref.double(), dim=1).min())
+        agree = 1.0
+    elif output_kind == "token-logits":  # one distribution per position: compare along the vocabulary
+        v = outs[0].shape[-1]
+        agree = float((torch.cat([o.reshape(-1, v) for o in outs]).argmax(1)
+                       == torch.cat([r.reshape(-1, v) for r in refs]).argmax(1)).double().mean())
+    else:
+        agree = float((out.argmax(1) == ref.argmax(1)).double().mean()) if ref.shape[1] > 1 else 1.0
+    metrics = dict(max_abs_err=max_abs, max_rel_err=max_rel, sqnr_db=snr, top1_agreement=agree, cos_min=cos_min)
     reasons = []
     if lowered.lossless:
         excess = diff - (atol + rtol * mag)
@@ -131,13 +148,18 @@ def check_parity(
             reasons.append(f"SQNR {snr:.2f} dB is below the required {min_sqnr_db:g} dB")
         if agree < min_top1_agreement:
             reasons.append(f"top-1 agreement {agree:.4f} is below the required {min_top1_agreement:g}")
+        if cos_min is not None and cos_min < min_cosine:
+            reasons.append(f"min cosine similarity {cos_min:.4f} is below the required {min_cosine:g}")
     reason = f"{lowered.runtime}: " + "; ".join(reasons) + f" (over {n} samples)" if reasons else None
     return result(not reasons, reason, **metrics)
 
 
-def parity_inputs(task, batch_sizes: tuple[int, ...] = (1, 32), n: int = 256) -> list[torch.Tensor]:
-    """Real inputs for a parity check: the largest batch size covers >= ``n`` samples in whole
-    batches; each smaller batch size gets a few batches (8 samples at batch 1)."""
+def parity_inputs(task, batch_sizes: tuple[int, ...] = (1, 32), n: int | None = None) -> list[torch.Tensor]:
+    """Real inputs for a parity check: the largest batch size covers >= ``n`` samples (default: the
+    task's ``parity_samples``) in whole batches; each smaller batch size gets a few batches (8 samples
+    at batch 1). Sequence inputs (a dynamic axis 1) are also checked at half their length, so an
+    export that fixed the sequence length fails here."""
+    n = task.parity_samples if n is None else n
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1 or n < 1:
         raise ConfigError(f"parity_inputs: batch sizes must be >= 1 and n >= 1, got {batch_sizes!r}, n={n}")
@@ -149,4 +171,6 @@ def parity_inputs(task, batch_sizes: tuple[int, ...] = (1, 32), n: int = 256) ->
         count = max(1, math.ceil(SMALL_BATCH_SAMPLES / b)) * b
         inputs += list(pool[:count].split(b))
     inputs += list(pool.split(big))
+    if 1 in task.dynamic_axes and pool.dim() > 1 and pool.shape[1] >= 4:
+        inputs.append(pool[: sizes[0], : pool.shape[1] // 2])
     return [x.contiguous() for x in inputs]

@@ -141,6 +141,7 @@ class TextClassification(TokenTask, LabelledTask):
 
     kind = "text-classification"
     output_kind = "logits"
+    parity_samples = 64
 
     def __init__(self, model: nn.Module, tokenizer, texts: dict[str, Sequence[str]], labels: dict[str, Sequence[int]],
                  *, num_classes: int, pad_id: int, seq_len: int = 128, max_length: int | None = None,
@@ -200,6 +201,7 @@ class SentenceEmbedding(TokenTask):
 
     kind = "sentence-embedding"
     output_kind = "embedding"
+    parity_samples = 64
 
     def __init__(self, model: nn.Module, tokenizer, pairs: dict[str, tuple[Sequence[str], Sequence[str], Sequence[float]]],
                  *, pad_id: int, seq_len: int = 64, max_length: int | None = None, batch_size: int = 32,
@@ -262,6 +264,7 @@ class CausalLM(TokenTask):
 
     kind = "causal-lm"
     output_kind = "token-logits"
+    parity_samples = 8
 
     def __init__(self, model: nn.Module, tokenizer, texts: dict[str, str], *, pad_id: int, seq_len: int = 256,
                  windows: dict[str, int | None] | None = None, max_length: int | None = None, batch_size: int = 4,
