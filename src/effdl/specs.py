@@ -1,0 +1,113 @@
+"""From what a user types (``--model``, ``--data``) to a Task: the one place that picks a concrete task.
+
+- tensor data (``mnist``, ``digits``, ``mnist1d``, ``path.py:factory``) with an image/tensor model
+  (``zoo:lenet5``, ``path.py:factory``) -> ``Classification``;
+- ``stsb`` (sentence pairs) with an encoder (``zoo:minilm``, ``hf:DIR``) -> ``SentenceEmbedding``;
+- ``sentiment`` (labelled texts) with an encoder -> ``TextClassification`` (the classification head is
+  trained once on the train split and cached, like the zoo baselines);
+- ``austen`` (prose) with a decoder LM (``zoo:smollm2-135m``, ``hf:DIR``) -> ``CausalLM``.
+
+Anything else is refused with an error naming what each side is and what would match.
+"""
+from __future__ import annotations
+
+from .core.errors import ConfigError, DataError
+from .core.task import Task
+
+#: evaluation sizes of the text tasks (pairs / texts / windows per split); ``eval_limit`` caps them
+TEXT_DEFAULTS = {
+    "pairs": {"seq_len": 64, "val": 500, "test": None},
+    "labelled": {"seq_len": 64, "val": 500, "test": 1000},
+    "corpus": {"seq_len": 256, "train": 256, "val": 16, "test": 32},
+}
+#: which text data kind goes with which model architecture
+_TEXT_KINDS = {"pairs": "encoder", "labelled": "encoder", "corpus": "decoder"}
+
+
+def is_text_model(spec: str) -> bool:
+    from .zoo import PRETRAINED_TEXT
+
+    return spec.startswith("hf:") or (spec.startswith("zoo:") and spec[4:] in PRETRAINED_TEXT)
+
+
+def is_text_data(spec: str) -> bool:
+    from .data import TEXT_DATASETS
+
+    return spec in TEXT_DATASETS
+
+
+def build_task(model: str, data: str, *, weights: str | None = None, allow_pickle: bool = False,
+               latency_only: bool = False, eval_limit: int | None = None, seed: int = 0) -> Task:
+    """The Task for a model spec and a data spec (see the module docstring)."""
+    if not isinstance(model, str) or not isinstance(data, str):
+        raise ConfigError("model and data specs must be strings such as 'zoo:lenet5' and 'mnist'")
+    if eval_limit is not None and eval_limit < 1:
+        raise ConfigError(f"eval_limit must be >= 1 (examples per evaluation split), got {eval_limit}")
+    text_model, text_data = is_text_model(model), is_text_data(data)
+    if text_model != text_data:
+        from .data import TEXT_DATASETS
+
+        if text_model:
+            raise DataError(f"{model} is a text model but --data {data!r} is tensor (image/signal) data: use a text "
+                            f"data set ({', '.join(sorted(TEXT_DATASETS))})")
+        raise DataError(f"--data {data!r} is text, but {model} takes tensors (images/signals): use a text model "
+                        "(zoo:minilm, zoo:smollm2-135m or hf:PATH to a Hugging Face model directory) or tensor data")
+    if text_data:
+        if weights is not None:
+            raise ConfigError("--weights applies to tensor models; a text model's weights come with it "
+                              "(hf:PATH holds them)")
+        return _text_task(model, data, eval_limit=eval_limit, seed=seed)
+    return _tensor_task(model, data, weights, allow_pickle, latency_only)
+
+
+def _tensor_task(model: str, data: str, weights, allow_pickle: bool, latency_only: bool) -> Task:
+    from .core.tasks import Classification
+    from .data import load_data
+    from .zoo import load_model
+
+    splits = load_data(data)
+    if splits.synthetic and not latency_only:
+        raise ConfigError(f"{data!r} is synthetic (random inputs): use it with `effdl measure` for latency and "
+                          "size only; optimizing needs real data (a bundled name or path/to/file.py:factory)")
+    m = load_model(model, splits, weights=weights, allow_pickle=allow_pickle)
+    return Classification(m, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
+
+
+def _cap(n: int | None, limit: int | None) -> int | None:
+    return limit if n is None else (n if limit is None else min(n, limit))
+
+
+def _text_task(model: str, data: str, *, eval_limit: int | None, seed: int) -> Task:
+    from .core.tasks import CausalLM, SentenceEmbedding
+    from .data import load_text
+    from .zoo import load_text_model
+
+    text = load_text(data, seed=seed)
+    defaults = TEXT_DEFAULTS[text.kind]
+    head = "embedding" if text.kind == "pairs" else None
+    if text.kind == "labelled":
+        head = f"classifier:{len(text.train.label_names)}"
+    tm = load_text_model(model, head=head) if head else load_text_model(model)
+    if tm.arch != _TEXT_KINDS[text.kind]:
+        want = _TEXT_KINDS[text.kind]
+        raise DataError(f"--data {data!r} ({text.kind}) needs a text {want}, but {model} is a {tm.arch}: "
+                        + ("use an encoder such as zoo:minilm" if want == "encoder"
+                           else "use a causal language model such as zoo:smollm2-135m"))
+    seq_len = min(defaults["seq_len"], tm.max_length) if tm.max_length else defaults["seq_len"]
+    if text.kind == "pairs":
+        pairs = {}
+        for split in ("train", "val", "test"):
+            p = text.split(split)
+            n = _cap(defaults.get(split), eval_limit if split != "train" else None) or len(p)
+            n = min(n, len(p))
+            pairs[split] = (p.sentences_a[:n], p.sentences_b[:n], p.scores[:n])
+        return SentenceEmbedding(tm.module, tm.tokenizer, pairs, pad_id=tm.pad_id, seq_len=seq_len,
+                                 max_length=tm.max_length, seed=seed)
+    if text.kind == "corpus":
+        windows = {s: _cap(defaults[s], eval_limit if s != "train" else None) for s in ("train", "val", "test")}
+        return CausalLM(tm.module, tm.tokenizer, {s: text.split(s).text for s in ("train", "val", "test")},
+                        pad_id=tm.pad_id, seq_len=seq_len, windows=windows, max_length=tm.max_length, seed=seed)
+    from .zoo.text_baselines import trained_text_classifier
+
+    return trained_text_classifier(tm, text, model_spec=model, seq_len=seq_len,
+                                   limits={s: _cap(defaults.get(s), eval_limit) for s in ("val", "test")}, seed=seed)
