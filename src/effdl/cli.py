@@ -290,10 +290,12 @@ def zoo() -> None:
 
 @app.command()
 def data() -> None:
-    """List the bundled data sets."""
-    from .data import DATASETS
+    """List the bundled data sets, image/tensor and text."""
+    from .data import DATASETS, TEXT_DATASETS, TEXT_PREPROCESSING
 
     _listing("bundled data (use as --data <name>; synthetic:CxHxW for latency only)", DATASETS.items())
+    _listing("text data (effdl.data.load_text(name); installed by `make setup`)",
+             ((n, f"{d}. Preprocessing: {TEXT_PREPROCESSING[n]}") for n, d in TEXT_DATASETS.items()))
 
 
 def main() -> None:

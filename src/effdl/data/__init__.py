@@ -1,6 +1,7 @@
 """Bundled real data sets (MNIST subset, scikit-learn digits, MNIST-1D) and user data factories.
 
-``load_data(name)`` returns :class:`Splits`; nothing is ever downloaded.
+``load_data(name)`` returns :class:`Splits`; nothing is ever downloaded. Text data sets (STS-B,
+sentiment tweets, Austen's novels) come from ``load_text(name)`` (see :mod:`effdl.data.text`).
 """
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ from .cache import cache_dir
 from .factory import is_factory_spec, load_factory_data
 from .splits import Splits
 from .synthetic import PREFIX as SYNTHETIC_PREFIX, load_synthetic
+from .text import (
+    TEXT_DATASETS,
+    TEXT_PREPROCESSING,
+    Corpus,
+    LabelledText,
+    SentencePairs,
+    TextData,
+    load_text,
+)
 
-__all__ = ["DATASETS", "Splits", "cache_dir", "load_data", "mnist1d_cache_files"]
+__all__ = ["DATASETS", "Splits", "cache_dir", "load_data", "mnist1d_cache_files",
+           "TEXT_DATASETS", "TEXT_PREPROCESSING", "Corpus", "LabelledText", "SentencePairs",
+           "TextData", "load_text"]
 
 
 def load_data(name: str, *, seed: int = 0) -> Splits:
