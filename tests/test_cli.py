@@ -127,3 +127,19 @@ def test_synthetic_data_is_latency_only():
     assert m["runtime_result"]["latency_by_batch"]["1"]["p50_ms"] > 0
     r = effdl("optimize", "--model", "zoo:mlp", "--data", "synthetic:1x8x8", "--out", "unused")
     _assert_clean_error(r, "synthetic", "optimizing needs real data")
+
+
+def test_optimize_help_documents_the_drop_options():
+    r = effdl("optimize", "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.replace("│", " ").split())
+    assert "--relative-drop" in text and "relative to the baseline" in text and "--lower-is-better" in text
+
+
+def test_bad_goal_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "out"
+    r = effdl("optimize", "--model", "zoo:mlp", "--data", "digits", "--target", "speed", "--out", str(out))
+    _assert_clean_error(r, "invalid goal", "target")
+    r = effdl("optimize", "--model", "zoo:mlp", "--data", "digits", "--metric", "top5", "--out", str(out))
+    _assert_clean_error(r, "'top5' is not the task's primary metric", "--higher-is-better")
+    assert not out.exists()

@@ -86,7 +86,7 @@ def test_frontier_and_choice_follow_the_numbers(run):
     assert res.chosen == best.id and res.export.files[-1] == "recipe.json"
     assert (run[0] / "model" / "recipe.json").is_file()
     recipe = json.loads((run[0] / "model" / "recipe.json").read_text())
-    assert recipe["candidate"] == best["id"] and "model.safetensors" in recipe["sha256"]
+    assert recipe["candidate"] == best.id and "model.safetensors" in recipe["sha256"]
 
 
 def test_int8_runtime_parity_recorded(run):

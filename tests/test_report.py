@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from effdl.core.errors import ArtifactError
+from effdl.pipeline.results import Results
 from effdl.report.findings import findings
 from effdl.report.html import render_html, write_pareto_csv, write_report
 from effdl.report.plots import frontier_figure
@@ -26,6 +27,7 @@ def _cand(cid, label, recipe, runtime, acc, p50, size, gzip, nonzero, macs_spars
         "id": cid, "label": label, "recipe": recipe, "status": "ok", "reason": None,
         "runtime": runtime, "runtimes": runtimes,
         "quality": {"accuracy": acc, "top5": 0.999, "f1_macro": acc - 0.001},
+        "quality_val": {"accuracy": acc, "top5": 0.999, "f1_macro": acc - 0.001},  # plotted and chosen on
         "quality_drop": round(0.984 - acc, 6),
         "footprint": {
             "params": 61706, "nonzero_params": nonzero, "size_bytes": size, "size_bytes_gzip": gzip,
@@ -43,9 +45,19 @@ def _rt(p50, **parity):
             "parity": {"ok": True, **parity}, "reason": None}
 
 
+def R(raw: dict) -> Results:
+    """The typed Results of a results.json-shaped dict."""
+    return Results.model_validate(raw)
+
+
 @pytest.fixture
-def results() -> dict:
-    """Baseline c00, four measured candidates, one failed one (goal: latency, max drop 1 pt).
+def results(raw) -> Results:
+    return R(raw)
+
+
+@pytest.fixture
+def raw() -> dict:
+    """results.json (schema 2) as a dict: baseline c00, four measured candidates, one failed one (goal: latency, max drop 1 pt).
 
     Frontier by hand (maximise accuracy, minimise the footprint):
       latency  (p50 ms, acc): c00 (0.210, .984), c01 (0.060, .982), c02 (0.215, .983),
@@ -87,10 +99,10 @@ def results() -> dict:
          "frontier": {"latency": False, "size": False}, "seconds": 1.0},
     ]
     return {
-        "schema_version": 1, "effdl_version": "0.1.0", "created": "2026-11-23T02:30:00Z",
-        "command": "effdl optimize --model zoo:lenet5 --data mnist --max-drop 0.01",
-        "goal": {"metric": "accuracy", "max_drop": 0.01, "target": "latency", "batch_size": 1},
-        "model": "zoo:lenet5", "data": "mnist",
+        "schema_version": 2, "effdl_version": "0.1.0", "created": "2026-11-23T02:30:00Z",
+        "provenance": {"command": "effdl optimize --model zoo:lenet5 --data mnist --max-drop 0.01",
+                       "model": "zoo:lenet5", "data": "mnist"},
+        "goal": {"metric": "accuracy", "higher_is_better": True, "max_drop": 0.01, "target": "latency", "batch_size": 1},
         "environment": {"cpu": "Intel Xeon (AVX-512 VNNI, AMX)", "threads": 2,
                         "versions": {"torch": "2.13.0+cpu", "onnxruntime": "1.32.0"},
                         "malloc": {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"},
@@ -186,10 +198,11 @@ def test_findings_state_where_nothing_was_gained(results):
     assert "&lt;script&gt;" in by["c04"] and "<script>" not in by["c04"]
 
 
-def test_nan_measurement_is_listed_not_plotted(results, tmp_path):
+def test_nan_measurement_is_listed_not_plotted(raw, tmp_path):
     """An "ok" candidate whose accuracy came back NaN (bad input 19) is neither drawn nor written as a number."""
-    results = copy.deepcopy(results)
-    results["candidates"][4]["quality"]["accuracy"] = float("nan")
+    raw["candidates"][4]["quality"]["accuracy"] = float("nan")
+    raw["candidates"][4]["quality_val"]["accuracy"] = float("nan")
+    results = R(raw)
     view = load_view(results)
     for axis in ("latency", "size"):
         traces = frontier_figure(view, axis).data
@@ -232,24 +245,26 @@ def test_html_is_offline_escaped_and_complete(results, tmp_path):
 
 
 def test_no_choice_is_stated_prominently(results):
-    results = copy.deepcopy(results)
-    results["chosen"] = None
-    results["chosen_reason"] = "no candidate within 0.0 points of the baseline"
+    results = results.model_copy(update={"chosen": None,
+                                         "chosen_reason": "no candidate within 0.0 points of the baseline"})
     page = render_html(results)
     assert '<div class="no-choice"><b>No candidate was chosen.</b> no candidate within 0.0 points' in page
 
 
 @pytest.mark.parametrize("breakage, words", [
-    (lambda r: r.pop("goal"), "goal.metric"),
+    (lambda r: r.pop("goal"), "goal: Field required"),
+    (lambda r: r["goal"].pop("metric"), "goal.metric and goal.higher_is_better must be set"),
     (lambda r: r.update(baseline="c99"), "baseline 'c99'"),
     (lambda r: r.update(chosen="c42"), "chosen 'c42'"),
     (lambda r: r["candidates"].append(dict(r["candidates"][0])), "repeat candidate id 'c00'"),
+    (lambda r: r["candidates"][1].update(status="maybe"), "candidates.1.status"),
 ])
-def test_malformed_results_raise_and_write_nothing(results, tmp_path, breakage, words):
-    results = copy.deepcopy(results)
-    breakage(results)
+def test_malformed_results_raise_and_write_nothing(raw, tmp_path, breakage, words):
+    breakage(raw)
     with pytest.raises(ArtifactError, match=re.escape(words)):
-        write_report(results, tmp_path / "out")
+        Results.from_dict(raw)
+    with pytest.raises(ArtifactError, match=re.escape(words)):  # a parsed results.json is validated first
+        write_report(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -299,29 +314,29 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
         shutil.copy(shot, os.environ["EFFDL_KEEP_SCREENSHOT"])
 
 
-def test_findings_separate_the_technique_from_the_runtime(results):
+def test_findings_separate_the_technique_from_the_runtime(raw):
     # the unmodified model was also measured on ort-fp32 at 0.050 ms: c04 (0.100 ms there) is 2.1x
     # faster than the eager baseline, but 0.050 / 0.100 = 0.50x of the unmodified model on its runtime
-    results["candidates"][0]["runtimes"]["ort-fp32"] = _rt(0.050, max_abs_err=1e-6)
-    by = {f.id: f.text for f in findings(load_view(results))}
+    raw["candidates"][0]["runtimes"]["ort-fp32"] = _rt(0.050, max_abs_err=1e-6)
+    by = {f.id: f.text for f in findings(load_view(R(raw)))}
     assert by["c04"].endswith("the technique itself runs slower than the unmodified model on ort-fp32 (0.50x)")
     # c01 (int8 on ort-int8, 0.060) vs the unmodified model's fastest runtime (ort-fp32, 0.050): 0.83x
     assert by["c01"] == ("c01 (int8 ptq): the technique itself runs slower than the unmodified model on its "
                          "fastest runtime (ort-fp32) (0.83x)")
 
 
-def test_sparsity_heatmap_and_curves(results):
+def test_sparsity_heatmap_and_curves(raw):
     from effdl.report.sparsity import curve_figure, heatmap_figure
 
-    view = load_view(results)
+    view = load_view(R(raw))
     assert heatmap_figure(view) is None and curve_figure(view) is None  # no per-layer counts: no section
     dense = {"conv1": {"params": 150, "sparsity": 0.0}, "fc1": {"params": 48000, "sparsity": 0.0}}
-    c = {x["id"]: x for x in results["candidates"]}
+    c = {x["id"]: x for x in raw["candidates"]}
     c["c00"]["layers"] = dense
     c["c02"]["layers"] = {"conv1": {"params": 150, "sparsity": 0.2}, "fc1": {"params": 48000, "sparsity": 0.9}}
     c["c02"]["recipe"] = [{"technique": "prune.magnitude", "sparsity": 0.8, "schedule": "iterative"}]
     c["c05"]["layers"] = {"conv1": {"params": 150, "sparsity": 0.5}}  # failed: never drawn
-    view = load_view(results)
+    view = load_view(R(raw))
     (hm,) = heatmap_figure(view).data
     assert list(hm.x) == ["conv1", "fc1"] and [list(r) for r in hm.z] == [[0.0, 0.0], [0.2, 0.9]]
     (line,) = curve_figure(view).data
@@ -329,26 +344,26 @@ def test_sparsity_heatmap_and_curves(results):
     assert line.name == "prune.magnitude(iterative)"
     assert list(line.x) == pytest.approx([0.0, 1 - 12_400 / 61_706])
     assert list(line.y) == [0.984, 0.983]
-    assert "plot-heatmap" in render_html(results)
+    assert "plot-heatmap" in render_html(R(raw))
 
 
-def test_sensitivity_curves_from_records(results):
+def test_sensitivity_curves_from_records(raw):
     from effdl.report.sparsity import sensitivity_figure
 
-    assert sensitivity_figure(load_view(results)) is None
-    c02 = results["candidates"][2]
+    assert sensitivity_figure(load_view(R(raw))) is None
+    c02 = raw["candidates"][2]
     c02["records"] = {"sensitivity": {"conv1": [[0.5, 0.001], [0.3, 0.0]], "fc1": [[0.3, 0.0], [0.5, 0.002]]}}
-    traces = {t.name: t for t in sensitivity_figure(load_view(results)).data}
+    traces = {t.name: t for t in sensitivity_figure(load_view(R(raw))).data}
     # sorted by ratio; drops shown in points (fraction x 100)
     assert list(traces["conv1"].x) == [0.3, 0.5] and list(traces["conv1"].y) == [0.0, 0.1]
     assert list(traces["fc1"].y) == [0.0, 0.2]
 
 
-def test_iterative_vs_one_shot_trajectories(results):
+def test_iterative_vs_one_shot_trajectories(raw):
     from effdl.report.sparsity import trajectory_figure
 
-    assert trajectory_figure(load_view(results)) is None
-    c = {x["id"]: x for x in results["candidates"]}
+    assert trajectory_figure(load_view(R(raw))) is None
+    c = {x["id"]: x for x in raw["candidates"]}
     once = [[0.0, 0.0, 0.98, "start"], [0.0, 0.9, 0.60, "prune"], [4.0, 0.9, 0.95, "finetune"]]
     iters = [[0.0, 0.0, 0.98, "start"], [0.0, 0.5, 0.97, "prune"], [2.0, 0.5, 0.98, "finetune"],
              [2.0, 0.9, 0.90, "prune"], [4.0, 0.9, 0.97, "finetune"]]
@@ -358,26 +373,26 @@ def test_iterative_vs_one_shot_trajectories(results):
     c["c03"]["records"] = {"trajectory": {"kind": "weights", "points": iters}}  # reused prefix: drawn once
     c["c04"]["recipe"] = [{"technique": "prune.magnitude"}]
     c["c04"]["records"] = {"trajectory": {"kind": "weights", "points": once}}
-    traces = trajectory_figure(load_view(results)).data
+    traces = trajectory_figure(load_view(R(raw))).data
     assert [t.name.split()[0] for t in traces] == ["c02", "c04"]
     assert list(traces[0].x) == [0.0, 0.0, 2.0, 2.0, 4.0] and list(traces[0].y) == [0.98, 0.97, 0.98, 0.90, 0.97]
     assert list(traces[1].y) == [0.98, 0.60, 0.95]
-    assert "plot-trajectory" in render_html(results)
+    assert "plot-trajectory" in render_html(R(raw))
 
 
-def test_lowrank_section_lists_factorized_and_skipped_layers(results):
+def test_lowrank_section_lists_factorized_and_skipped_layers(raw):
     from effdl.report.lowrank import lowrank_section
 
-    assert lowrank_section(load_view(results)) == ""
+    assert lowrank_section(load_view(R(raw))) == ""
     rec = {"layers": {"fc1": {"rank": 20, "params_before": 48000, "params_after": 19680}},
            "skipped": {"fc3": "rank 8 >= mn/(m+n) = 7.6: no fewer parameters"},
            "params_before": 48000, "params_after": 19680}
-    c = {x["id"]: x for x in results["candidates"]}
+    c = {x["id"]: x for x in raw["candidates"]}
     c["c02"]["recipe"] = [{"technique": "lowrank.svd"}]
     c["c02"]["records"] = {"lowrank.svd": rec}
     c["c03"]["recipe"] = [{"technique": "lowrank.svd"}, {"technique": "learn.distill"}]
     c["c03"]["records"] = {"lowrank.svd": rec}  # reused prefix: shown once
-    html = lowrank_section(load_view(results))
+    html = lowrank_section(load_view(R(raw)))
     assert html.count("<h3>") == 1 and "c02" in html and "48,000 &rarr; 19,680" in html
     assert "rank=20" in html and "left dense" in html and "mn/(m+n)" in html
-    assert "Low-rank factorization" in render_html(results)
+    assert "Low-rank factorization" in render_html(R(raw))

@@ -8,14 +8,15 @@ from effdl.report.quant import (
     quant_section,
     sensitivity_bar_figure,
 )
+from effdl.pipeline.results import Candidate, Goal, Results
 from effdl.report.view import load_view
 
 
 def _results(records=None, status="ok"):
-    base = {"id": "c00", "label": "baseline", "status": "ok", "recipe": []}
-    cand = {"id": "c01", "label": "qat int4", "status": status, "recipe": [{"technique": "quantize.qat"}],
-            "records": records or {}}
-    return {"goal": {"metric": "accuracy"}, "baseline": "c00", "candidates": [base, cand]}
+    base = Candidate(id="c00", label="baseline", status="ok", recipe=[])
+    cand = Candidate(id="c01", label="qat int4", status=status, recipe=[{"technique": "quantize.qat"}],
+                     records=records or {})
+    return Results(goal=Goal(metric="accuracy", higher_is_better=True), baseline="c00", candidates=[base, cand])
 
 
 HIST = {"fc1": {"edges": [-1.0, 0.0, 1.0, 2.0], "weights": [3, 5, 1], "activations": [0, 2, 7]},

@@ -1,7 +1,6 @@
 """report/share.py on a real tiny study: a pruned + clustered MLP on digits measured by `optimize`;
 the section's numbers are checked against the file the study wrote and against the encoder run by
 hand on the same (deterministic) clustering."""
-import copy
 import re
 
 import pytest
@@ -37,7 +36,7 @@ def study(digits_task, tmp_path_factory):
         CandidateSpec("c02", "prune 80% + share 3-bit + distill",
                       Recipe((PRUNE, SHARE, effdl.learn.Distill(epochs=1))), ("eager",)),
     ]
-    res = effdl.optimize(digits_task, out_dir=out, max_drop=0.05, target="size", candidates=specs)
+    res = effdl.optimize(digits_task, effdl.Goal(max_drop=0.05, target="size"), out_dir=out, candidates=specs)
     return out, res
 
 
@@ -50,9 +49,9 @@ def by_hand(digits_task):
 
 
 def _record(res):
-    c01 = next(c for c in res["candidates"] if c["id"] == "c01")
-    assert c01["status"] == "ok", c01["reason"]
-    return c01["records"]["share.cluster"]
+    c01 = res.by_id["c01"]
+    assert c01.status == "ok", c01.reason
+    return c01.records["share.cluster"]
 
 
 def test_record_numbers_are_the_encoders(study, by_hand):
@@ -131,12 +130,11 @@ def test_section_shows_each_layer_once(study):
 
 def test_no_sharing_candidate_renders_nothing(study):
     _, res = study
-    plain = copy.deepcopy(res)
-    plain["candidates"], plain["chosen"] = plain["candidates"][:1], "c00"
+    plain = res.model_copy(update={"candidates": res.candidates[:1], "chosen": "c00"})
     assert share_section(load_view(plain)) == "" and histogram_figure(load_view(plain)) is None
-    failed = copy.deepcopy(res)
-    for c in failed["candidates"][1:]:
-        c["status"] = "failed"  # a failed candidate's record is never shown
+    # a failed candidate's record is never shown
+    failed = res.model_copy(update={"candidates": res.candidates[:1] + [
+        c.model_copy(update={"status": "failed"}) for c in res.candidates[1:]]})
     assert share_section(load_view(failed)) == ""
 
 

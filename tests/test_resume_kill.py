@@ -10,6 +10,8 @@ import time
 
 import optuna
 
+import effdl
+
 SCRIPT = textwrap.dedent("""
     import json, sys
     import effdl
@@ -29,7 +31,7 @@ SCRIPT = textwrap.dedent("""
         for i, s in enumerate((0.5, 0.7, 0.8, 0.9), start=1)
     ]
     events = []
-    effdl.optimize(task, out_dir=sys.argv[1], candidates=specs, on_event=lambda ev, c: events.append([ev, c["id"]]))
+    effdl.optimize(task, out_dir=sys.argv[1], candidates=specs, on_event=lambda ev, c: events.append([ev, c.id]))
     print(json.dumps(events))
 """)
 
@@ -73,6 +75,6 @@ def test_sigkill_then_resume(tmp_path):
     assert len(complete) == 5  # the killed run's finished trials were reused, not repeated
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert all(t.user_attrs.get("reason", "").startswith("interrupted") for t in failed)
-    results = json.loads((out / "results.json").read_text())
-    assert [c["id"] for c in results["candidates"]] == ["c00", "c01", "c02", "c03", "c04"]
+    results = effdl.Results.load(out / "results.json")
+    assert [c.id for c in results.candidates] == ["c00", "c01", "c02", "c03", "c04"]
     assert not list(out.rglob("*.tmp"))

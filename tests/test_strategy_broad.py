@@ -22,15 +22,15 @@ def test_broad_families_measured_on_real_runtimes(digits_task, tmp_path):
     extra = broad(finetune_epochs=0.5, distill_epochs=0.5, model=digits_task.model)[len(shrink_and_improve()):]
     specs = [CandidateSpec("c00", "baseline", effdl.Recipe(()), ("eager",))] + [
         CandidateSpec(c.id, c.label, c.recipe, ("eager", "ort")) for c in extra]
-    res = effdl.optimize(digits_task, out_dir=tmp_path, max_drop=0.05, target="size", candidates=specs)
-    by = {c["label"]: c for c in res["candidates"]}
-    base = by["baseline"]["footprint"]["size_bytes"]
+    res = effdl.optimize(digits_task, effdl.Goal(max_drop=0.05, target="size"), out_dir=tmp_path, candidates=specs)
+    by = {c.label: c for c in res.candidates}
+    base = by["baseline"].footprint.size_bytes
     for label, c in by.items():
-        assert c["status"] == "ok", (label, c.get("error"))
+        assert c.status == "ok", (label, c.reason)
     # every family stores fewer bytes than the dense FP32 file
-    dc = by["prune 90% + distill + share 4-bit (Deep Compression)"]["footprint"]["size_bytes"]
-    int4 = by["int4 weights (group 32)"]["footprint"]["size_bytes"]
-    svd = by["low-rank SVD 25% + distill"]["footprint"]["size_bytes"]
+    dc = by["prune 90% + distill + share 4-bit (Deep Compression)"].footprint.size_bytes
+    int4 = by["int4 weights (group 32)"].footprint.size_bytes
+    svd = by["low-rank SVD 25% + distill"].footprint.size_bytes
     assert dc < base / 10 and int4 < base / 4 and svd < base, (dc, int4, svd, base)
     # the report says which layers the decomposition factorized
     html = (tmp_path / "report.html").read_text()

@@ -90,9 +90,14 @@ def optimize(
     data: str = DATA_OPT,
     weights: Optional[str] = WEIGHTS_OPT,
     allow_pickle: bool = PICKLE_OPT,
-    max_drop: float = typer.Option(0.01, "--max-drop", help="largest allowed absolute quality drop (0.01 = 1 point)"),
+    max_drop: float = typer.Option(0.01, "--max-drop", help="largest allowed quality drop vs the baseline: absolute "
+                                   "(0.01 = 1 point of accuracy), or with --relative-drop a fraction of the baseline's value"),
+    relative_drop: bool = typer.Option(False, "--relative-drop", help="read --max-drop as relative to the baseline "
+                                       "(0.05 = 5% worse), e.g. for perplexity and other lower-is-better metrics"),
     target: str = typer.Option("latency", "--target", help="latency | size"),
-    metric: str = typer.Option("accuracy", "--metric"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="quality metric to constrain (default: the task's primary metric)"),
+    higher_is_better: Optional[bool] = typer.Option(None, "--higher-is-better/--lower-is-better",
+                                                    help="direction of --metric when it is not the task's primary metric"),
     batch_size: int = typer.Option(1, "--batch-size", help="batch size of the target latency"),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="comma-separated subset, e.g. eager,ort,ort-int8"),
     threads: int = typer.Option(2, "--threads"),
@@ -105,42 +110,50 @@ def optimize(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .pipeline.optimize import optimize as run
+    from .pipeline.results import Goal, MeasureSettings, Provenance
     from .pipeline.strategies import candidates_for
 
+    # settings are checked before the (slow) model and data load
+    goal = Goal(metric=metric, higher_is_better=higher_is_better, max_drop=max_drop, relative=relative_drop,
+                target=target, batch_size=batch_size, latency_tie=latency_tie)
+    settings = MeasureSettings(threads=threads, runtimes=tuple(runtimes.split(",")) if runtimes else None)
     task = _task(model, data, weights, allow_pickle)
+    goal = goal.resolve(task)
     specs = candidates_for(strategy, model=task.model)
-    command = "effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    provenance = Provenance(command="effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:]), model=model, data=data)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:
         job = bar.add_task("candidates", total=len(specs))
 
-        def on_event(ev: str, c: dict) -> None:
+        def on_event(ev: str, c) -> None:  # c: the CandidateSpec on "start", else the measured Candidate
             if ev == "start":
-                bar.update(job, description=f"{c['id']} {c['label']}")
+                bar.update(job, description=f"{c.id} {c.label}")
                 return
             bar.advance(job)
-            bar.console.print(_line(c, ev))
+            bar.console.print(_line(c, ev, goal.metric))
 
-        results = run(task, out_dir=out_dir, max_drop=max_drop, target=target, metric=metric, batch_size=batch_size,
-                      runtimes=tuple(runtimes.split(",")) if runtimes else None, threads=threads, latency_tie=latency_tie,
-                      candidates=specs, model_spec=model, data_spec=data, command=command, on_event=on_event)
+        results = run(task, goal, out_dir=out_dir, candidates=specs, measure=settings, provenance=provenance,
+                      on_event=on_event)
     _summary(results, out_dir)
 
 
-def _line(c: dict, ev: str) -> str:
+def _line(c, ev: str, metric: str) -> str:
+    """One measured Candidate as a progress line."""
     tag = " (resumed)" if ev == "resumed" else ""
-    if c["status"] != "ok":
-        return f"  {c['id']} {c['label']}: [red]failed[/] — {c['reason']}{tag}"
-    f = c["footprint"]
-    return (f"  {c['id']} {c['label']}: acc {c['quality']['accuracy']:.4f}, {f['latency_ms_p50']:.3f} ms "
-            f"on {c['runtime']}, {f['size_bytes'] / 1024:.1f} KiB{tag}")
+    if not c.ok:
+        return f"  {c.id} {c.label}: [red]failed[/] — {c.reason}{tag}"
+    f = c.footprint
+    return (f"  {c.id} {c.label}: {metric} {c.quality[metric]:.4f}, {f.latency_ms_p50:.3f} ms "
+            f"on {c.runtime}, {f.size_bytes / 1024:.1f} KiB{tag}")
 
 
-def _summary(results: dict, out_dir: Path) -> None:
-    from .pipeline.summary import summary_rows
+def _summary(results, out_dir: Path) -> None:
+    from .pipeline.summary import drop_unit, summary_rows
 
-    table = Table(title="Candidates (test accuracy; latency at the goal's batch size)")
-    for col in ("id", "label", "runtime", "accuracy", "drop (pt)", "p50 ms", "size KiB", "frontier"):
+    metric = results.goal.metric
+    table = Table(title=f"Candidates (test {metric}; latency at the goal's batch size)")
+    drop_col = f"drop ({drop_unit(results.goal)})" if drop_unit(results.goal) else "drop"
+    for col in ("id", "label", "runtime", metric, drop_col, "p50 ms", "size KiB", "frontier"):
         table.add_column(col)
     for row in summary_rows(results):
         table.add_row(*row)
@@ -150,7 +163,7 @@ def _summary(results: dict, out_dir: Path) -> None:
     out.print(f"report: {out_dir / 'report.html'}", highlight=False)
 
 
-def _chosen_lines(results: dict) -> list[str]:
+def _chosen_lines(results) -> list[str]:
     from .pipeline.summary import headline
 
     return headline(results)
@@ -170,6 +183,7 @@ def apply_cmd(
     """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON)."""
     _steady_allocator()
     from .compress.lowrank import structure_of  # pruned shapes + factorized layers
+    from .core.compressed import float_reference
     from .core.errors import ConfigError
     from .core.io import write_json
     from .metrics.measure import measure
@@ -186,7 +200,7 @@ def apply_cmd(
     write_json(out_dir / "measurement.json", m)
     write_json(out_dir / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
     # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
-    write_json(out_dir / "structure.json", structure_of(getattr(result, "float_model", result)))
+    write_json(out_dir / "structure.json", structure_of(float_reference(result)))
     _print_measurement(m)
     out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'structure.json'}, {out_dir / 'recipe.json'}",
               highlight=False)
@@ -236,17 +250,15 @@ def _print_measurement(m: dict) -> None:
 @app.command()
 @handled
 def report(run_dir: Path = typer.Argument(..., help="an optimize output directory")) -> None:
-    """Re-render report.html and pareto.csv from a run's results.json."""
+    """Re-render report.html and pareto.csv from a run's results.json (schema 1 files are converted)."""
     from .core.errors import ArtifactError
+    from .pipeline.results import Results
     from .report import write_report
 
     path = run_dir / "results.json"
     if not path.is_file():
         raise ArtifactError(f"{str(path)!r} not found: pass the --out directory of an `effdl optimize` run")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{str(path)!r} is not valid JSON ({exc}); re-run `effdl optimize`") from None
+    results = Results.load(path)
     paths = write_report(results, run_dir)
     out.print(f"report: {paths['html']}", highlight=False)
 

@@ -2,31 +2,30 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..core.compressed import float_reference
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
 from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
 from ..core.records import records
 from ..core.registry import apply
 from ..metrics.env import environment
-from ..metrics.measure import (
-    Tolerances, measure_runtime, runtime_footprint, runtime_quality, static_footprint,
-)
+from ..metrics.measure import measure_runtime, runtime_footprint, runtime_quality, static_footprint
 from .pareto import pareto_front
+from .results import TARGETS, Candidate, Export, Goal, MeasureSettings, Provenance, Results
 from .strategies import CandidateSpec, candidates_for
 from .study import Study
 
-SCHEMA_VERSION = 1
-TARGETS = {"latency": "latency_ms_p50", "size": "size_bytes"}
+Event = Callable[[str, "Candidate | CandidateSpec"], None]
 
 
 class _PrefixCache:
@@ -56,12 +55,33 @@ def _runtimes_for(model: nn.Module, spec: CandidateSpec, allowed: tuple[str, ...
     return names
 
 
-def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, threads, tolerances, allowed_runtimes):
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), so a fresh candidate equals a resumed one."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of the model's state (names, shapes, dtypes, bytes): the baseline every number depends on."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        try:
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # dtypes numpy cannot view as bytes (quantized tensors)
+            h.update(repr(flat.tolist()).encode())
+    return h.hexdigest()[:16]
+
+
+def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: Path, goal: Goal,
+                       settings: MeasureSettings) -> Candidate:
     t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        "id": spec.id, "label": spec.label, "recipe": spec.recipe.to_list(), "status": "failed", "reason": None,
-        "runtime": None, "runtimes": {}, "quality": {}, "quality_val": {}, "footprint": {},
-    }
+    result: dict[str, Any] = {"id": spec.id, "label": spec.label, "recipe": spec.recipe.to_list(), "status": "failed"}
+
+    def done(**fields) -> Candidate:
+        result.update(fields, seconds=round(time.perf_counter() - t0, 2))
+        return Candidate.model_validate(_jsonable(result))
+
     cdir = out_dir / "candidates" / spec.id
     try:
         model = cache.build(spec.recipe.steps)
@@ -70,188 +90,200 @@ def _measure_candidate(spec, cache, task, out_dir, *, batch_sizes, batch_size, t
         if records(model):  # e.g. sensitivity curves, lottery history: drawn by the report
             result["records"] = records(model)
         # layer shapes, so a structurally pruned model reloads without pickle (prune.structure_of / rebuild)
-        write_json(cdir / "structure.json", structure_of(getattr(model, "float_model", model)))
+        write_json(cdir / "structure.json", structure_of(float_reference(model)))
     except Exception as exc:  # a candidate that raises is recorded and the study goes on
-        result["reason"] = f"building the candidate failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        result["seconds"] = round(time.perf_counter() - t0, 2)
-        return result
-    measured = {}
-    for rt in _runtimes_for(model, spec, allowed_runtimes):
-        res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes, threads=threads, tolerances=tolerances)
+        return done(reason=f"building the candidate failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    batch_sizes = settings.batch_sizes(goal)
+    measured, runtimes = {}, {}
+    for rt in _runtimes_for(model, spec, settings.runtimes):
+        res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes, threads=settings.threads,
+                              tolerances=settings.tolerances, repeats=settings.repeats)
         measured[rt] = res
-        entry = res.to_dict()
+        entry = {"status": res.status, "reason": res.reason, "precision": res.precision,
+                 "latency_by_batch": res.latency, "parity": res.parity, "info": res.info}
         if res.status == "ok":
-            lat = res.latency[str(batch_size)]
+            lat = res.latency[str(goal.batch_size)]
             entry.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"])
-        result["runtimes"][rt] = entry
+        runtimes[rt] = entry
+    result["runtimes"] = runtimes
     ok = {rt: r for rt, r in measured.items() if r.status == "ok"}
     if not ok:
         reasons = "; ".join(f"{rt}: {r.reason}" for rt, r in measured.items())
-        result["reason"] = f"no runtime passed: {reasons}"
-        result["footprint"] = fp
-        result["seconds"] = round(time.perf_counter() - t0, 2)
-        return result
-    best = min(ok, key=lambda rt: ok[rt].latency[str(batch_size)]["p50_ms"])
+        return done(reason=f"no runtime passed: {reasons}", footprint=fp)
+    best = min(ok, key=lambda rt: ok[rt].latency[str(goal.batch_size)]["p50_ms"])
     res = ok[best]
-    quality = runtime_quality(res, task, batch_size)
-    fp.update(runtime_footprint(res, task, batch_size))
-    result.update(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp)
-    result["artifacts"] = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
-                           "structure": str((cdir / "structure.json").relative_to(out_dir))}
+    quality = runtime_quality(res, task, goal.batch_size)
+    fp.update(runtime_footprint(res, task, goal.batch_size))
+    artifacts = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
+                 "structure": str((cdir / "structure.json").relative_to(out_dir))}
     if res.lowered.artifact is not None:
-        result["artifacts"]["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
+        artifacts["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
     else:
         onnx_ok = [r for r in ok.values() if r.lowered.artifact is not None]
         if onnx_ok:
-            result["artifacts"]["onnx"] = str(Path(onnx_ok[0].lowered.artifact).relative_to(out_dir))
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+            artifacts["onnx"] = str(Path(onnx_ok[0].lowered.artifact).relative_to(out_dir))
+    return done(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp,
+                artifacts=artifacts)
 
 
-def _choose(cands, baseline, metric, max_drop, target, tie_tolerance):
-    """The feasible candidate with the lowest target footprint.
+def amount(value: float, goal: Goal) -> str:
+    """A drop in the goal's terms, for sentences: '1.00 points' (absolute, a fraction metric such as
+    accuracy), '5.00%' (relative), else the metric's own units."""
+    if goal.relative:
+        return f"{value * 100:.2f}%"
+    if goal.higher_is_better is False:
+        return f"{value:.4g}"
+    return f"{value * 100:.2f} points"
 
-    Latencies within ``tie_tolerance`` (relative) of the fastest, or within the fastest candidate's
-    own p50-p90 spread, are measurement noise, not a real difference (a dense and a pruned FP32
-    model run the same kernels), so those count as tied and the tie goes to the smaller file, then
-    the higher quality. Sizes are exact: no tolerance.
+
+def choose(candidates: list[Candidate], baseline: Candidate, goal: Goal) -> tuple[str | None, str]:
+    """The feasible candidate with the lowest target footprint, and why.
+
+    Feasible: its validation drop (``goal.drop``: direction and relative-ness from the goal) is
+    within ``goal.max_drop``. Latencies within ``goal.latency_tie`` (relative) of the fastest, or
+    within the fastest candidate's own p50-p90 spread, are measurement noise, not a real difference
+    (a dense and a pruned FP32 model run the same kernels), so those count as tied and the tie goes
+    to the smaller file, then the better quality. Sizes are exact: no tolerance.
     """
-    key, other = TARGETS[target], TARGETS["size" if target == "latency" else "latency"]
-    ok = [c for c in cands if c["status"] == "ok"]
-    base_val = baseline["quality_val"][metric]
-    feasible = [c for c in ok if base_val - c["quality_val"][metric] <= max_drop + 1e-12]
+    key, other = TARGETS[goal.target], TARGETS["size" if goal.target == "latency" else "latency"]
+    metric = goal.spec.name
+    sign = 1.0 if goal.spec.higher_is_better else -1.0  # sign * value: larger is better
+    ok = [c for c in candidates if c.ok]
+    base_val = baseline.quality_val[metric]
+    feasible = [c for c in ok if goal.feasible(base_val, c.quality_val[metric])]
     if not feasible:
-        return None, f"no candidate is within {max_drop * 100:.2f} points of the baseline's validation {metric}"
-    best_c = min(feasible, key=lambda c: c["footprint"][key])
-    lowest = best_c["footprint"][key]
-    tol = tie_tolerance if target == "latency" else 0.0
+        return None, f"no candidate is within {amount(goal.max_drop, goal)} of the baseline's validation {metric}"
+
+    def cost(c: Candidate, k: str) -> float:
+        return getattr(c.footprint, k)
+
+    best_c = min(feasible, key=lambda c: cost(c, key))
+    lowest = cost(best_c, key)
+    tol = goal.latency_tie if goal.target == "latency" else 0.0
     band = lowest * (1 + tol)
-    if target == "latency":  # the fastest candidate's own p50-p90 spread is noise too
-        band = max(band, best_c["footprint"].get("latency_ms_p90", lowest))
-    tied = [c for c in feasible if c["footprint"][key] <= band]
-    best = min(tied, key=lambda c: (c["footprint"][other], -c["quality_val"][metric]))
-    drop = base_val - best["quality_val"][metric]
-    why = (f"lowest {key} among {len(feasible)} candidates within {max_drop * 100:.2f} points of the baseline's "
-           f"validation {metric} (its drop: {drop * 100:.2f} points)")
+    if goal.target == "latency":  # the fastest candidate's own p50-p90 spread is noise too
+        p90 = best_c.footprint.latency_ms_p90
+        band = max(band, lowest if p90 is None else p90)
+    tied = [c for c in feasible if cost(c, key) <= band]
+    best = min(tied, key=lambda c: (cost(c, other), -sign * c.quality_val[metric]))
+    drop = goal.drop(base_val, best.quality_val[metric])
+    why = (f"lowest {key} among {len(feasible)} candidates within {amount(goal.max_drop, goal)} of the baseline's "
+           f"validation {metric} (its drop: {amount(drop, goal)})")
     if len(tied) > 1:
         why += (f"; {len(tied)} candidates were within the noise of the lowest {key} (max of {tol * 100:.0f}% "
                 f"and the fastest's p90), so the lowest {other} among them was taken")
-    return best["id"], why
+    return best.id, why
 
 
 def optimize(
     task,
+    goal: Goal | None = None,
     *,
     out_dir: str | Path,
-    max_drop: float = 0.01,
-    target: str = "latency",
-    metric: str = "accuracy",
-    batch_size: int = 1,
-    large_batch: int = 32,
-    strategy: str = "shrink-and-improve",
     candidates: list[CandidateSpec] | None = None,
-    runtimes: tuple[str, ...] | None = None,
-    threads: int = 2,
-    tolerances: Tolerances = Tolerances(),
-    latency_tie: float = 0.05,
+    strategy: str = "shrink-and-improve",
+    measure: MeasureSettings = MeasureSettings(),
     storage: str | None = None,
-    model_spec: str = "python", data_spec: str = "python", command: str = "",
-    on_event: Callable[[str, dict], None] | None = None,
-) -> dict[str, Any]:
-    """Measure every candidate of ``strategy`` on ``task``; return (and write) the results dict."""
-    if target not in TARGETS:
-        raise ConfigError(f"target must be one of {list(TARGETS)}, got {target!r}.{suggest(target, TARGETS)}")
-    if not 0 <= max_drop < 1:
-        raise ConfigError(f"max_drop is an absolute fraction in [0, 1) (0.01 = 1 point), got {max_drop}")
-    if batch_size < 1 or large_batch < 1:
-        raise ConfigError("batch sizes must be >= 1")
-    if metric not in task.evaluate(task.model, "val"):
-        raise ConfigError(f"metric {metric!r} is not one the task reports: {list(task.evaluate(task.model, 'val'))}")
+    provenance: Provenance | None = None,
+    on_event: Event | None = None,
+) -> Results:
+    """Measure every candidate (``candidates``, else those of ``strategy``) on ``task``; choose by ``goal``.
+
+    ``goal`` None: the default Goal (the task's primary metric, at most 0.01 worse, lowest latency
+    at batch 1). Writes results.json, the chosen model, pareto.csv and report.html under ``out_dir``,
+    and returns the Results. ``on_event(event, candidate)`` is called with "start" (the
+    CandidateSpec), then "done" or "resumed" (the measured Candidate). A re-run with the same
+    ``out_dir`` resumes: candidates measured with the same recipe, baseline model and measurement
+    settings are read back, not redone.
+    """
+    if goal is None:
+        goal = Goal()
+    if not isinstance(goal, Goal):
+        raise ConfigError(f"goal must be an effdl Goal, e.g. Goal(max_drop=0.01, target='size'), got {type(goal).__name__}")
+    if not isinstance(measure, MeasureSettings):
+        raise ConfigError(f"measure must be a MeasureSettings, got {type(measure).__name__}")
+    goal = goal.resolve(task)
+    reported = task.evaluate(task.model, "val")
+    if goal.metric not in reported:
+        raise ConfigError(f"metric {goal.metric!r} is not one the task reports: {list(reported)}."
+                          f"{suggest(goal.metric, reported)}")
     out_dir = Path(out_dir)
     specs = candidates if candidates is not None else candidates_for(strategy, model=task.model)
-    batch_sizes = tuple(dict.fromkeys((batch_size, large_batch)))
-    settings = {"batch_sizes": batch_sizes, "threads": threads, "runtimes_allowed": runtimes,
-                "tolerances": tolerances.__dict__, "model": model_spec, "data": data_spec}
+    # every setting that changes a measured number; the goal's metric and limits only change the choice
+    key_settings = {**measure.key(goal), "baseline_model": model_fingerprint(task.model),
+                    "data": provenance.data if provenance else None}
     study = Study(out_dir, storage)
     done = study.finished()
     cache = _PrefixCache(task)
     emit = on_event or (lambda ev, c: None)
-    results = []
+    sign = 1.0 if goal.higher_is_better else -1.0  # the study maximises its first value
+    results: list[Candidate] = []
     for spec in specs:
-        key = spec.key(settings)
+        key = spec.key(key_settings)
         if key in done:
             results.append(done[key])
             emit("resumed", done[key])
             continue
-        emit("start", {"id": spec.id, "label": spec.label})
+        emit("start", spec)
         trial = study.start(key, spec.id)
-        res = _measure_candidate(spec, cache, task, out_dir, batch_sizes=batch_sizes, batch_size=batch_size,
-                                 threads=threads, tolerances=tolerances, allowed_runtimes=runtimes)
-        values = (res["quality_val"][metric], res["footprint"][TARGETS[target]]) if res["status"] == "ok" else None
-        study.finish(trial, res, values)
-        results.append(res)
-        emit("done", res)
-    return finalize(results, out_dir=out_dir, goal=dict(metric=metric, max_drop=max_drop, target=target,
-                    batch_size=batch_size, select_on="val", latency_tie=latency_tie), model_spec=model_spec, data_spec=data_spec,
-                    command=command, threads=threads)
+        cand = _measure_candidate(spec, cache, task, out_dir, goal, measure)
+        values = (sign * cand.quality_val[goal.metric], getattr(cand.footprint, TARGETS[goal.target])) if cand.ok else None
+        study.finish(trial, cand, values)
+        results.append(cand)
+        emit("done", cand)
+    return finalize(results, out_dir=out_dir, goal=goal, provenance=provenance, threads=measure.threads)
 
 
-def finalize(results, *, out_dir, goal, model_spec, data_spec, command, threads) -> dict[str, Any]:
-    """Frontiers, drops, the choice, the exported model and the report, from measured candidates."""
+def finalize(candidates: list[Candidate], *, out_dir: str | Path, goal: Goal, provenance: Provenance | None,
+             threads: int) -> Results:
+    """Drops, frontiers, the choice, the exported model and the report, from measured candidates
+    (the first is the baseline; ``goal`` is resolved)."""
     from ..report import write_report
 
-    metric = goal["metric"]
-    baseline = results[0]
-    if baseline["status"] != "ok":
-        raise ConfigError(f"the baseline could not be measured: {baseline['reason']}")
-    for c in results:
-        if c["status"] == "ok":
-            c["quality_drop"] = baseline["quality"][metric] - c["quality"][metric]
-            c["quality_drop_val"] = baseline["quality_val"][metric] - c["quality_val"][metric]
-    ok = [c for c in results if c["status"] == "ok"]
-    frontier = {t: pareto_front([(c["id"], c["quality_val"][metric], c["footprint"][k]) for c in ok]) for t, k in TARGETS.items()}
-    for c in results:
-        c["frontier"] = {t: c["id"] in ids for t, ids in frontier.items()}
-        c["on_frontier"] = c["frontier"][goal["target"]]
-    chosen, reason = _choose(results, baseline, metric, goal["max_drop"], goal["target"], goal.get("latency_tie", 0.05))
-    out = {
-        "schema_version": SCHEMA_VERSION,
-        "effdl_version": __version__,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command,
-        "goal": goal,
-        "model": model_spec,
-        "data": data_spec,
-        "environment": environment(threads=threads),
-        "baseline": baseline["id"],
-        "chosen": chosen,
-        "chosen_reason": reason,
-        "frontier": frontier,
-        "candidates": results,
-    }
+    metric = goal.spec.name
+    baseline = candidates[0]
+    if not baseline.ok:
+        raise ConfigError(f"the baseline could not be measured: {baseline.reason}")
+    filled = []
+    for c in candidates:
+        if c.ok:
+            c = c.model_copy(update={"quality_drop": goal.drop(baseline.quality[metric], c.quality[metric]),
+                                     "quality_drop_val": goal.drop(baseline.quality_val[metric], c.quality_val[metric])})
+        filled.append(c)
+    ok = [c for c in filled if c.ok]
+    frontier = {t: pareto_front([(c.id, c.quality_val[metric], getattr(c.footprint, k)) for c in ok],
+                                higher_is_better=goal.spec.higher_is_better)
+                for t, k in TARGETS.items()}
+    filled = [c.model_copy(update={"frontier": {t: c.id in ids for t, ids in frontier.items()},
+                                   "on_frontier": c.id in frontier[goal.target]}) for c in filled]
+    chosen, reason = choose(filled, filled[0], goal)
+    results = Results(goal=goal, provenance=provenance, environment=_jsonable(environment(threads=threads)),
+                      baseline=baseline.id, chosen=chosen, chosen_reason=reason, frontier=frontier, candidates=filled)
     if chosen:
-        out["export"] = export_chosen(out, Path(out_dir))
-    write_json(Path(out_dir) / "results.json", out)
-    write_report(out, out_dir)
-    return out
+        results = results.model_copy(update={"export": export_chosen(results, Path(out_dir))})
+    results.save(Path(out_dir) / "results.json")
+    write_report(results, out_dir)
+    return results
 
 
-def export_chosen(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def export_chosen(results: Results, out_dir: Path) -> Export:
     """Copy the chosen candidate's verified artifacts to out_dir/model with its recipe and sha256s."""
-    cand = next(c for c in results["candidates"] if c["id"] == results["chosen"])
+    cand = results.chosen_candidate
     mdir = out_dir / "model"
     staging = out_dir / ".model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     files = {}
     names = {"model": "model.safetensors", "onnx": "model.onnx", "structure": "structure.json"}
-    for kind, rel in cand.get("artifacts", {}).items():
+    for kind, rel in cand.artifacts.items():
         dst = staging / names[kind]
         shutil.copyfile(out_dir / rel, dst)
         files[dst.name] = sha256_file(dst)
-    recipe = {"base_model": results["model"], "data": results["data"], "steps": cand["recipe"],
-              "runtime": cand["runtime"], "candidate": cand["id"], "sha256": files, "effdl_version": results["effdl_version"]}
+    prov = results.provenance or Provenance()
+    recipe = {"base_model": prov.model, "data": prov.data, "steps": cand.recipe,
+              "runtime": cand.runtime, "candidate": cand.id, "sha256": files, "effdl_version": results.effdl_version}
     write_json(staging / "recipe.json", recipe)
     shutil.rmtree(mdir, ignore_errors=True)
     staging.rename(mdir)  # the exported folder appears whole or not at all
-    return {"dir": "model", "files": sorted(files) + ["recipe.json"]}
+    return Export(dir="model", files=sorted(files) + ["recipe.json"])

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
 import optuna
+import pydantic
+
+from .results import Candidate
 
 STUDY_NAME = "effdl-optimize"
 
@@ -32,12 +33,18 @@ class Study:
             self.study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted before it finished")
             self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """key -> stored candidate result, for trials that completed (ok or recorded failure)."""
+    def finished(self) -> dict[str, Candidate]:
+        """key -> stored candidate, for trials that completed (ok or recorded failure).
+
+        A stored result that no longer reads as a Candidate (written by another effdl version) is
+        left out, so that candidate is measured again rather than trusted."""
         out = {}
         for t in self.study.get_trials(deepcopy=False):
             if "result" in t.user_attrs and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL):
-                out[t.user_attrs["key"]] = json.loads(t.user_attrs["result"])
+                try:
+                    out[t.user_attrs["key"]] = Candidate.model_validate(json.loads(t.user_attrs["result"]))
+                except (pydantic.ValidationError, json.JSONDecodeError):
+                    continue
         return out
 
     def start(self, key: str, candidate_id: str) -> optuna.trial.Trial:
@@ -46,10 +53,11 @@ class Study:
         trial.set_user_attr("candidate_id", candidate_id)
         return trial
 
-    def finish(self, trial: optuna.trial.Trial, result: dict[str, Any], values: tuple[float, float] | None) -> None:
-        trial.set_user_attr("result", json.dumps(result, default=str))
-        if result.get("status") == "ok" and values is not None:
+    def finish(self, trial: optuna.trial.Trial, result: Candidate, values: tuple[float, float] | None) -> None:
+        """Store ``result``; ``values`` are (quality, larger is better; target footprint)."""
+        trial.set_user_attr("result", json.dumps(result.model_dump(mode="python"), default=str))
+        if result.ok and values is not None:
             self.study.tell(trial, list(values))
         else:
-            trial.set_user_attr("reason", result.get("reason") or "failed")
+            trial.set_user_attr("reason", result.reason or "failed")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

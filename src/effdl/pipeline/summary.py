@@ -1,55 +1,67 @@
-"""Plain-text summary of a results dict: the table rows and the baseline-vs-chosen headline."""
+"""Plain-text summary of Results: the table rows and the baseline-vs-chosen headline."""
 from __future__ import annotations
 
-from typing import Any
+from .results import Goal, Results
 
 
 def _pts(delta: float) -> str:
     return f"{delta * 100 + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0
 
 
-def _by_id(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["id"]: c for c in results["candidates"]}
+def drop_unit(goal: Goal) -> str:
+    """The unit drops are printed in: points of a fraction metric (x100), % of the baseline
+    (relative goals, x100), or the metric's own units (absolute, lower-is-better)."""
+    if goal.relative:
+        return "%"
+    return "" if goal.higher_is_better is False else "pt"
 
 
-def summary_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
-    metric = results["goal"]["metric"]
+def signed_drop(delta: float, goal: Goal) -> str:
+    if drop_unit(goal) == "":
+        return f"{delta + 0.0:+.4g}"
+    return _pts(delta)
+
+
+def summary_rows(results: Results) -> list[tuple[str, ...]]:
+    metric, goal = results.goal.metric, results.goal
     rows = []
-    for c in results["candidates"]:
-        if c["status"] != "ok":
-            rows.append((c["id"], c["label"], "-", "failed", "-", "-", "-", c.get("reason") or ""))
+    for c in results.candidates:
+        if not c.ok:
+            rows.append((c.id, c.label, "-", "failed", "-", "-", "-", c.reason or ""))
             continue
-        f = c["footprint"]
+        f = c.footprint
         rows.append((
-            c["id"], c["label"], c["runtime"], f"{c['quality'][metric]:.4f}", _pts(c["quality_drop"]),
-            f"{f['latency_ms_p50']:.4f}", f"{f['size_bytes'] / 1024:.1f}", "yes" if c["on_frontier"] else "",
+            c.id, c.label, c.runtime, f"{c.quality[metric]:.4f}", signed_drop(c.quality_drop, goal),
+            f"{f.latency_ms_p50:.4f}", f"{f.size_bytes / 1024:.1f}", "yes" if c.on_frontier else "",
         ))
     return rows
 
 
-def headline(results: dict[str, Any]) -> list[str]:
+def headline(results: Results) -> list[str]:
     """The lines the README quotes: baseline, chosen, and the measured ratios between them."""
-    metric = results["goal"]["metric"]
-    cands = _by_id(results)
-    base = cands[results["baseline"]]
-    bf = base["footprint"]
+    goal = results.goal
+    metric = goal.metric
+    base = results.baseline_candidate
+    bf = base.footprint
     lines = [
-        f"baseline {base['id']} ({base['label']}): {metric} {base['quality'][metric]:.4f}, "
-        f"{bf['latency_ms_p50']:.4f} ms p50 at batch {bf['batch_size']} on {base['runtime']}, "
-        f"{bf['size_bytes']:,} bytes"
+        f"baseline {base.id} ({base.label}): {metric} {base.quality[metric]:.4f}, "
+        f"{bf.latency_ms_p50:.4f} ms p50 at batch {bf.batch_size} on {base.runtime}, "
+        f"{bf.size_bytes:,} bytes"
     ]
-    if not results["chosen"]:
-        lines.append(f"chosen: none — {results['chosen_reason']}")
+    ch = results.chosen_candidate
+    if ch is None:
+        lines.append(f"chosen: none — {results.chosen_reason}")
         return lines
-    ch = cands[results["chosen"]]
-    cf = ch["footprint"]
+    cf = ch.footprint
+    unit = {"pt": " points", "%": "%", "": ""}[drop_unit(goal)]
+    # a drop is "how much worse": its negative is the change shown
     lines.append(
-        f"chosen {ch['id']} ({ch['label']}) on {ch['runtime']}: {metric} {ch['quality'][metric]:.4f} "
-        f"({_pts(-ch['quality_drop'])} points on test, {_pts(-ch['quality_drop_val'])} on validation), "
-        f"{cf['latency_ms_p50']:.4f} ms p50 ({bf['latency_ms_p50'] / cf['latency_ms_p50']:.1f}x faster), "
-        f"{cf['size_bytes']:,} bytes ({bf['size_bytes'] / cf['size_bytes']:.1f}x smaller)"
+        f"chosen {ch.id} ({ch.label}) on {ch.runtime}: {metric} {ch.quality[metric]:.4f} "
+        f"({signed_drop(-ch.quality_drop, goal)}{unit} on test, {signed_drop(-ch.quality_drop_val, goal)} on validation), "
+        f"{cf.latency_ms_p50:.4f} ms p50 ({bf.latency_ms_p50 / cf.latency_ms_p50:.1f}x faster), "
+        f"{cf.size_bytes:,} bytes ({bf.size_bytes / cf.size_bytes:.1f}x smaller)"
     )
-    ok = sum(c["status"] == "ok" for c in results["candidates"])
-    lines.append(f"{ok} of {len(results['candidates'])} candidates measured; frontier ({results['goal']['target']}): "
-                 f"{', '.join(results['frontier'][results['goal']['target']])}")
+    ok = sum(c.ok for c in results.candidates)
+    lines.append(f"{ok} of {len(results.candidates)} candidates measured; frontier ({goal.target}): "
+                 f"{', '.join(results.frontier.get(goal.target, []))}")
     return lines

@@ -1,4 +1,4 @@
-"""The HTML report (plus pareto.csv) from a results dict."""
+"""The HTML report (plus pareto.csv) from typed Results."""
 from .html import render_html, write_report
 
 __all__ = ["render_html", "write_report"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .fmt import esc, name, pt
+from ..pipeline.results import Candidate
+from .fmt import esc, name
 from .view import View, fp, is_ok, ratio
 
 # A gain under 5% is called "none": repeated latency medians on a shared CPU differ by a few
@@ -21,19 +22,19 @@ class Finding:
     text: str  # HTML-safe
 
 
-def speedup(view: View, cand: dict) -> float | None:
+def speedup(view: View, cand: Candidate) -> float | None:
     """Baseline latency p50 / candidate latency p50 (each on its own runtime)."""
     return ratio(fp(view.baseline, "latency_ms_p50"), fp(cand, "latency_ms_p50"))
 
 
-def size_gain(view: View, cand: dict, key: str = "size_bytes") -> float | None:
+def size_gain(view: View, cand: Candidate, key: str = "size_bytes") -> float | None:
     """How many times smaller on disk than the baseline."""
     return ratio(fp(view.baseline, key), fp(cand, key))
 
 
-def _speed_part(view: View, cand: dict) -> tuple[str, bool]:
+def _speed_part(view: View, cand: Candidate) -> tuple[str, bool]:
     s = speedup(view, cand)
-    runtime = esc(cand.get("runtime") or "its runtime")
+    runtime = esc(cand.runtime or "its runtime")
     if s is None:
         return "latency not measured", False
     if s < 1 / MIN_GAIN:
@@ -43,7 +44,7 @@ def _speed_part(view: View, cand: dict) -> tuple[str, bool]:
     return f"speed-up {s:.2f}x on {runtime}", True
 
 
-def _size_part(view: View, cand: dict) -> tuple[str, bool]:
+def _size_part(view: View, cand: Candidate) -> tuple[str, bool]:
     g = size_gain(view, cand)
     if g is None:
         return "size not measured", False
@@ -64,20 +65,20 @@ def _unmodified_latency(view: View) -> dict[str, float]:
     """runtime -> p50 of the unmodified model (candidates with an empty recipe) on that runtime."""
     out: dict[str, float] = {}
     for c in view.candidates:
-        if c.get("recipe") == [] and is_ok(c):
-            for rt, r in (c.get("runtimes") or {}).items():
-                lat = r.get("latency_ms_p50") if isinstance(r, dict) and r.get("status") == "ok" else None
+        if c.recipe == [] and is_ok(c):
+            for rt, r in c.runtimes.items():
+                lat = r.latency_ms_p50 if r.status == "ok" else None
                 if isinstance(lat, (int, float)) and lat > 0:
                     out[rt] = min(lat, out.get(rt, lat))
     return out
 
 
-def _own_effect(view: View, cand: dict, ref: dict[str, float]) -> str | None:
+def _own_effect(view: View, cand: Candidate, ref: dict[str, float]) -> str | None:
     """What the technique itself did to latency: the candidate vs the unmodified model on the same
     runtime (or on the unmodified model's fastest runtime, for INT8 runtimes it cannot run on).
     A speed-up over the eager baseline that only comes from switching runtime is not the technique's."""
-    rt, lat = cand.get("runtime"), fp(cand, "latency_ms_p50")
-    if not cand.get("recipe") or not ref or lat is None:
+    rt, lat = cand.runtime, fp(cand, "latency_ms_p50")
+    if not cand.recipe or not ref or lat is None:
         return None
     if rt in ref:
         base_rt, base = rt, ref[rt]
@@ -87,7 +88,7 @@ def _own_effect(view: View, cand: dict, ref: dict[str, float]) -> str | None:
         base = ref[base_rt]
         where = f"the unmodified model on its fastest runtime ({esc(base_rt)})"
     s = base / lat
-    if s >= MIN_GAIN or base_rt == view.baseline.get("runtime"):
+    if s >= MIN_GAIN or base_rt == view.baseline.runtime:
         return None  # (same runtime as the baseline: the baseline comparison already says it)
     verdict = "runs slower than" if s < 1 / MIN_GAIN else "brings no speed-up over"
     return f"the technique itself {verdict} {where} ({s:.2f}x)"
@@ -109,9 +110,9 @@ def findings(view: View) -> list[Finding]:
         own = _own_effect(view, cand, ref)
         if own:
             parts.append(own)
-        drop = cand.get("quality_drop")
+        drop = cand.quality_drop
         if view.max_drop is not None and isinstance(drop, (int, float)) and drop > view.max_drop:
-            parts.append(f"quality drop {pt(drop, signed=False)} exceeds the allowed {pt(view.max_drop, signed=False)}")
+            parts.append(f"quality drop {view.drop_text(drop, signed=False)} exceeds the allowed {view.drop_text(view.max_drop, signed=False)}")
         if parts:
-            out.append(Finding(cand["id"], f"{name(cand)}: " + "; ".join(parts)))
+            out.append(Finding(cand.id, f"{name(cand)}: " + "; ".join(parts)))
     return out

@@ -95,7 +95,6 @@ def kv_text(mapping: Any) -> str:
     return esc(", ".join(parts))
 
 
-def name(cand: dict) -> str:
-    """'c03 (prune 80%)' as escaped text."""
-    label = cand.get("label")
-    return esc(f"{cand['id']} ({label})" if label else cand["id"])
+def name(cand) -> str:
+    """'c03 (prune 80%)' of a Candidate as escaped text."""
+    return esc(f"{cand.id} ({cand.label})" if cand.label else cand.id)

@@ -17,6 +17,7 @@ from .quant import quant_section
 from .share import share_section
 from .sparsity import sparsity_section
 from .table import candidates_table
+from ..pipeline.results import Candidate, Results
 from .view import AXES, View, load_view
 
 __all__ = ["render_html", "write_report", "write_pareto_csv"]
@@ -56,10 +57,10 @@ def _plots(view: View) -> str:
         f'<div class="plot">{figure_html(frontier_figure(view, axis), f"plot-{axis}")}</div>' for axis in AXES
     )
     # one line per candidate: a failed one is missing from both plots for the same reason
-    missing: dict[tuple[str, str], tuple[dict, str, list[str]]] = {}
+    missing: dict[tuple[str, str], tuple[Candidate, str, list[str]]] = {}
     for axis in AXES:
         for cand, why in unplotted(view, axis):
-            missing.setdefault((cand["id"], why), (cand, why, []))[2].append(AXIS_TITLE[axis].split(" (")[0])
+            missing.setdefault((cand.id, why), (cand, why, []))[2].append(AXIS_TITLE[axis].split(" (")[0])
     left_off = [f"<li>{name(c)}: {esc(why)} (left off the {' and '.join(axes)} plot{'s' * (len(axes) > 1)})</li>"
                 for c, why, axes in missing.values()]
     listing = '<h3>Not plotted</h3><ul class="unplotted">' + "".join(left_off) + "</ul>" if left_off else ""
@@ -74,10 +75,12 @@ def _plots(view: View) -> str:
     )
 
 
-def render_html(results: dict) -> str:
-    """The whole report page as one string; raises ArtifactError on a malformed results dict."""
+def render_html(results: Results | dict) -> str:
+    """The whole report page as one string; a dict (parsed results.json) is validated first and
+    raises ArtifactError when malformed."""
     view = load_view(results)
-    title = f"effdl report: {esc(results.get('model') or '')}"
+    prov = view.results.provenance
+    title = f"effdl report: {esc(prov.model if prov else '')}"
     return "".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>{title}</title><style>{CSS}</style>",
@@ -97,9 +100,10 @@ def render_html(results: dict) -> str:
     ])
 
 
-def write_report(results: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_report(results: Results | dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/pareto.csv`` (each atomically); return their paths."""
-    page = render_html(results)  # validates first, so a bad dict leaves nothing behind
+    results = Results.from_dict(results)  # validates first, so a bad dict leaves nothing behind
+    page = render_html(results)
     out = Path(out_dir)
     csv_path = write_pareto_csv(results, out / "pareto.csv")
     html_path = atomic_write(out / "report.html", page)

@@ -19,8 +19,8 @@ def _info(info: dict) -> str:
 def lowrank_section(view: View) -> str:
     seen: set[str] = set()
     blocks = []
-    for c in sorted(view.candidates, key=lambda c: len(c.get("recipe") or [])):
-        for tech, rec in (c.get("records") or {}).items():
+    for c in sorted(view.candidates, key=lambda c: len(c.recipe)):
+        for tech, rec in c.records.items():
             if not tech.startswith("lowrank.") or not is_ok(c) or not isinstance(rec, dict):
                 continue
             key = tech + repr(sorted(rec.get("layers", {}).items())) + repr(sorted(rec.get("skipped", {}).items()))
@@ -33,7 +33,7 @@ def lowrank_section(view: View) -> str:
             rows += [f"<tr><td>{esc(n)}</td><td>left dense</td><td>{esc(why)}</td><td></td></tr>"
                      for n, why in rec.get("skipped", {}).items()]
             blocks.append(
-                f"<h3>{esc(c['id'])} {esc(c.get('label'))}: {esc(tech)}, parameters "
+                f"<h3>{esc(c.id)} {esc(c.label)}: {esc(tech)}, parameters "
                 f"{count(rec.get('params_before'))} &rarr; {count(rec.get('params_after'))} in the decomposed layers</h3>"
                 "<table><thead><tr><th>layer</th><th>outcome</th><th>how / why</th><th>params</th></tr></thead><tbody>"
                 + "".join(rows) + "</tbody></table>")

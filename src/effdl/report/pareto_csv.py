@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.io import atomic_write
+from ..pipeline.results import Results
 from .view import load_view, number
 
 FOOTPRINT_COLUMNS = ("latency_ms_p50", "size_bytes", "params", "nonzero_params")
@@ -21,20 +22,18 @@ def _cell(value: Any) -> Any:
     return "" if value is None else str(value)
 
 
-def pareto_rows(results: dict) -> tuple[list[str], list[list[Any]]]:
+def pareto_rows(results: Results | dict) -> tuple[list[str], list[list[Any]]]:
     view = load_view(results)
     header = ["id", "label", "status", "runtime", view.metric, "quality_drop", *FOOTPRINT_COLUMNS, "on_frontier"]
     rows = []
     for c in view.candidates:
-        footprint = c.get("footprint") or {}
-        values = [c["id"], c.get("label"), c.get("status"), c.get("runtime"),
-                  (c.get("quality") or {}).get(view.metric), c.get("quality_drop"),
-                  *(footprint.get(k) for k in FOOTPRINT_COLUMNS), c.get("on_frontier") is True]
+        values = [c.id, c.label, c.status, c.runtime, c.quality.get(view.metric), c.quality_drop,
+                  *(getattr(c.footprint, k) for k in FOOTPRINT_COLUMNS), c.on_frontier is True]
         rows.append([_cell(v) for v in values])
     return header, rows
 
 
-def write_pareto_csv(results: dict, path: str | os.PathLike) -> Path:
+def write_pareto_csv(results: Results | dict, path: str | os.PathLike) -> Path:
     header, rows = pareto_rows(results)
 
     def write(tmp: str) -> None:

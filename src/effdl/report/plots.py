@@ -8,6 +8,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from ..pipeline.results import Candidate
 from .fmt import esc, ms, nbytes, num
 from .view import AXIS_KEY, View, fp, is_ok
 
@@ -15,18 +16,18 @@ AXIS_TITLE = {"latency": "latency p50 (ms, log scale)", "size": "size on disk (b
 COLORS = {"other": "#9aa5b1", "frontier": "#1f6fd1", "baseline": "#111111", "chosen": "#d6336c", "limit": "#e8590c"}
 
 
-def _xy(view: View, cand: dict, axis: str) -> tuple[float, float] | None:
+def _xy(view: View, cand: Candidate, axis: str) -> tuple[float, float] | None:
     x, y = fp(cand, AXIS_KEY[axis]), view.select_quality(cand)
     # a log axis cannot place x <= 0, so such a value counts as not measured
     return None if x is None or y is None or x <= 0 or not is_ok(cand) else (x, y)
 
 
-def unplotted(view: View, axis: str) -> list[tuple[dict, str]]:
+def unplotted(view: View, axis: str) -> list[tuple[Candidate, str]]:
     """(candidate, why) for every candidate left off the ``axis`` plot."""
     out = []
     for cand in view.candidates:
         if not is_ok(cand):
-            out.append((cand, f"failed: {cand.get('reason') or 'no reason recorded'}"))
+            out.append((cand, f"failed: {cand.reason or 'no reason recorded'}"))
         elif _xy(view, cand, axis) is None:
             x = fp(cand, AXIS_KEY[axis])
             gaps = [view.metric] * (view.select_quality(cand) is None) + [AXIS_KEY[axis]] * (x is None or x <= 0)
@@ -34,11 +35,11 @@ def unplotted(view: View, axis: str) -> list[tuple[dict, str]]:
     return out
 
 
-def _hover(view: View, cand: dict) -> str:
+def _hover(view: View, cand: Candidate) -> str:
     # plotly draws hover text as a small HTML subset, so user strings are escaped first
     lines = [
-        f"<b>{esc(cand['id'])}</b> {esc(cand.get('label'))}",
-        f"runtime: {esc(cand.get('runtime'))}",
+        f"<b>{esc(cand.id)}</b> {esc(cand.label)}",
+        f"runtime: {esc(cand.runtime)}",
         f"{esc(view.metric)}: {num(view.quality(cand))} test, {num(view.select_quality(cand))} {view.select_split}",
         f"latency p50: {ms(fp(cand, 'latency_ms_p50'))}",
         f"size on disk: {nbytes(fp(cand, 'size_bytes'))}",
@@ -46,11 +47,11 @@ def _hover(view: View, cand: dict) -> str:
     return "<br>".join(lines)
 
 
-def _trace(view: View, cands: list[dict], axis: str, name: str, mode: str, **style) -> go.Scatter:
+def _trace(view: View, cands: list[Candidate], axis: str, name: str, mode: str, **style) -> go.Scatter:
     pts = [(c, _xy(view, c, axis)) for c in cands]
     pts = [(c, xy) for c, xy in pts if xy is not None]
     if "text" in mode:  # the id next to each marker, so the plot reads without hovering
-        style.update(text=[esc(c["id"]) for c, _ in pts], textposition="top center")
+        style.update(text=[esc(c.id) for c, _ in pts], textposition="top center")
     return go.Scatter(
         x=[xy[0] for _, xy in pts],
         y=[xy[1] for _, xy in pts],
@@ -66,10 +67,10 @@ def frontier_figure(view: View, axis: str) -> go.Figure:
     """One plot of quality against the ``axis`` footprint ("latency" or "size")."""
     front_ids = set(view.frontier_ids(axis))
     front = sorted(
-        (c for c in view.candidates if c["id"] in front_ids and _xy(view, c, axis)),
+        (c for c in view.candidates if c.id in front_ids and _xy(view, c, axis)),
         key=lambda c: _xy(view, c, axis)[0],
     )
-    others = [c for c in view.candidates if c["id"] not in front_ids]
+    others = [c for c in view.candidates if c.id not in front_ids]
     fig = go.Figure()
     fig.add_trace(_trace(view, others, axis, "other candidates", "markers+text",
                          marker=dict(size=9, color=COLORS["other"])))
@@ -86,7 +87,8 @@ def frontier_figure(view: View, axis: str) -> go.Figure:
     limit = view.constraint
     if limit is not None:
         fig.add_hline(y=limit, line_dash="dash", line_color=COLORS["limit"],
-                      annotation_text=f"baseline − max drop ({limit:.4f})",
+                      annotation_text=f"baseline {'−' if view.goal.higher_is_better is not False else '+'} "
+                                      f"max drop ({limit:.4f})",
                       annotation_position="bottom right")
     fig.update_layout(
         template="plotly_white", height=480, margin=dict(l=60, r=20, t=50, b=40),

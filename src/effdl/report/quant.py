@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from ..pipeline.results import Candidate
 from .fmt import esc
 from .plots import figure_html
 from .view import View, is_ok
@@ -24,9 +25,9 @@ from .view import View, is_ok
 _FONT = dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif")
 
 
-def _with_record(view: View, key: str) -> tuple[dict, object] | None:
+def _with_record(view: View, key: str) -> tuple[Candidate, object] | None:
     for c in view.candidates:
-        rec = (c.get("records") or {}).get(key)
+        rec = c.records.get(key)
         if is_ok(c) and rec:
             return c, rec
     return None
@@ -38,8 +39,8 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     return fig
 
 
-def _label(c: dict) -> str:
-    return f"{esc(c['id'])} {esc(c.get('label'))}"
+def _label(c: Candidate) -> str:
+    return f"{esc(c.id)} {esc(c.label)}"
 
 
 def error_hist_figure(view: View) -> go.Figure | None:
@@ -122,7 +123,7 @@ def fp32_fallback_table(view: View) -> str:
     """Layers INT8 candidates kept in FP32, and why (each INT8 runtime runs them in FP32 too)."""
     rows = []
     for c in view.candidates:
-        rec = (c.get("records") or {}).get("int8_layers")
+        rec = c.records.get("int8_layers")
         if not is_ok(c) or not rec:
             continue
         rows += [f"<tr><td>{_label(c)}</td><td>{esc(n)}</td><td>{esc(i['type'])}</td><td>{esc(i['why'])}</td>"

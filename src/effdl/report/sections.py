@@ -4,26 +4,29 @@ from __future__ import annotations
 from typing import Any
 
 from .findings import Finding, size_gain, speedup
-from .fmt import NA, count, energy, esc, ms, nbytes, num, pt, times
+from ..pipeline.results import Candidate, Provenance
+from .fmt import NA, count, energy, esc, ms, nbytes, num, times
 from .view import View, fp, number
 
 
 def header(view: View) -> str:
-    r, goal = view.results, view.results.get("goal") or {}
-    max_drop = pt(goal.get("max_drop"), signed=False)
+    r, goal = view.results, view.goal
+    prov = r.provenance or Provenance()
+    max_drop = view.drop_text(goal.max_drop, signed=False)
+    worse = "below" if goal.higher_is_better is not False else "above"  # lower-is-better: worse is higher
     items = [
-        ("model", esc(r.get("model"))),
-        ("data", esc(r.get("data"))),
-        ("goal", f"minimise <b>{esc(goal.get('target'))}</b> with {esc(view.metric)} at most "
-                 f"{max_drop} below the baseline"),
-        ("batch size", esc(goal.get("batch_size"))),
-        ("created", esc(r.get("created"))),
-        ("effdl version", esc(r.get("effdl_version"))),
-        ("schema version", esc(r.get("schema_version"))),
+        ("model", esc(prov.model)),
+        ("data", esc(prov.data)),
+        ("goal", f"minimise <b>{esc(goal.target)}</b> with {esc(view.metric)} at most "
+                 f"{max_drop} {worse} the baseline"),
+        ("batch size", esc(goal.batch_size)),
+        ("created", esc(r.created)),
+        ("effdl version", esc(r.effdl_version)),
+        ("schema version", esc(r.schema_version)),
     ]
-    if r.get("command"):
-        items.append(("command", f"<code>{esc(r['command'])}</code>"))
-    title = f"effdl report: {esc(r.get('model') or 'model')} on {esc(r.get('data') or 'data')}"
+    if prov.command:
+        items.append(("command", f"<code>{esc(prov.command)}</code>"))
+    title = f"effdl report: {esc(prov.model or 'model')} on {esc(prov.data or 'data')}"
     return f"<header><h1>{title}</h1>" + _dl(items) + "</header>"
 
 
@@ -35,15 +38,15 @@ def _tile(big: str, small: str) -> str:
     return f'<div class="tile"><div class="big">{big}</div><div class="small">{small}</div></div>'
 
 
-def _card_rows(view: View, cands: list[dict]) -> list[tuple[str, list[str]]]:
+def _card_rows(view: View, cands: list[Candidate]) -> list[tuple[str, list[str]]]:
     def both(key: str, show) -> list[str]:
         return [show(fp(c, key)) for c in cands]
 
     return [
-        ("candidate", [f"<b>{esc(c['id'])}</b> {esc(c.get('label'))}" for c in cands]),
-        ("runtime", [esc(c.get("runtime")) or NA for c in cands]),
+        ("candidate", [f"<b>{esc(c.id)}</b> {esc(c.label)}" for c in cands]),
+        ("runtime", [esc(c.runtime) or NA for c in cands]),
         (esc(view.metric), [num(view.quality(c)) for c in cands]),
-        ("drop vs baseline", [pt(c.get("quality_drop")) for c in cands]),
+        ("drop vs baseline", [view.drop_text(c.quality_drop) for c in cands]),
         ("latency p50 / p90", [f"{ms(fp(c, 'latency_ms_p50'))} / {ms(fp(c, 'latency_ms_p90'))}" for c in cands]),
         ("throughput", [NA if fp(c, "throughput_per_s") is None else f"{fp(c, 'throughput_per_s'):,.0f} /s"
                         for c in cands]),
@@ -59,7 +62,7 @@ def _card_rows(view: View, cands: list[dict]) -> list[tuple[str, list[str]]]:
 def card(view: View) -> str:
     """Baseline next to the chosen candidate, with the headline ratios."""
     base, chosen = view.baseline, view.chosen
-    reason = esc(view.results.get("chosen_reason") or "no reason recorded")
+    reason = esc(view.results.chosen_reason or "no reason recorded")
     if chosen is None:
         rows = _card_rows(view, [base])
         top = f'<div class="no-choice"><b>No candidate was chosen.</b> {reason}</div>'
@@ -67,15 +70,15 @@ def card(view: View) -> str:
     else:
         rows = _card_rows(view, [base, chosen])
         s, g, gz = speedup(view, chosen), size_gain(view, chosen), size_gain(view, chosen, "size_bytes_gzip")
-        drop = number(chosen.get("quality_drop"))
+        drop = number(chosen.quality_drop)
         top = (
             '<div class="tiles">'
-            + _tile(times(s), f"speed-up (baseline p50 / chosen p50, {esc(chosen.get('runtime'))})")
+            + _tile(times(s), f"speed-up (baseline p50 / chosen p50, {esc(chosen.runtime)})")
             + _tile(times(g), f"smaller on disk ({times(gz)} after gzip)")
-            + _tile(pt(None if drop is None else -drop),
-                    f"{esc(view.metric)} change vs baseline (allowed: −{pt(view.max_drop, signed=False)})")
+            + _tile(view.drop_text(None if drop is None else -drop),
+                    f"{esc(view.metric)} change vs baseline (allowed: −{view.drop_text(view.max_drop, signed=False)})")
             + "</div>"
-            + f'<p class="why"><b>Why {esc(chosen["id"])}:</b> {reason}</p>'
+            + f'<p class="why"><b>Why {esc(chosen.id)}:</b> {reason}</p>'
         )
         head = "<tr><th></th><th>baseline</th><th>chosen</th></tr>"
     body = "".join(f"<tr><th>{k}</th>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>" for k, vals in rows)
@@ -108,8 +111,7 @@ def _value(v: Any) -> str:
 
 
 def environment(view: View) -> str:
-    env = view.results.get("environment")
-    env = env if isinstance(env, dict) else {}
+    env = view.results.environment
     warnings = env.get("warnings")
     warn = ""
     if warnings:

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import plotly.graph_objects as go
 
+from ..pipeline.results import Candidate
 from .fmt import NA, count, esc, nbytes, times
 from .plots import figure_html
 from .quant import _layout  # the report's figure style
@@ -22,11 +23,11 @@ COLUMNS = ("layer", "shared values (2<sup>b</sup>)", "index bits b", "non-zeros 
            "codebook", "fixed b-bit indices", "Huffman coded", "in the file", "dense FP32", "smaller")
 
 
-def shared_records(view: View) -> list[tuple[dict, dict]]:
+def shared_records(view: View) -> list[tuple[Candidate, dict]]:
     """(candidate, record) of each distinct share.cluster record of a measured candidate."""
-    seen: dict[str, tuple[dict, dict]] = {}
-    for c in sorted(view.candidates, key=lambda c: len(c.get("recipe") or [])):
-        rec = (c.get("records") or {}).get(KEY)
+    seen: dict[str, tuple[Candidate, dict]] = {}
+    for c in sorted(view.candidates, key=lambda c: len(c.recipe)):
+        rec = c.records.get(KEY)
         if is_ok(c) and isinstance(rec, dict) and rec.get("layers"):
             seen.setdefault(repr(rec), (c, rec))
     return list(seen.values())
@@ -47,11 +48,11 @@ def _row(name: str, i: dict) -> str:
     return "<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
 
 
-def _table(cand: dict, rec: dict) -> str:
+def _table(cand: Candidate, rec: dict) -> str:
     layers = rec["layers"]
     dense = sum(i.get("dense_bytes") or 0 for i in layers.values())
     head = "".join(f"<th>{h}</th>" for h in COLUMNS)
-    return (f"<h3>{esc(cand['id'])} {esc(cand.get('label'))}: {len(layers)} clustered layers, container "
+    return (f"<h3>{esc(cand.id)} {esc(cand.label)}: {len(layers)} clustered layers, container "
             f"{nbytes(rec.get('container_bytes'))} (dense FP32 {nbytes(dense)}, "
             f"{times(ratio(dense, rec.get('container_bytes')))} smaller)</h3>"
             f"<table><thead><tr>{head}</tr></thead><tbody>"
@@ -81,7 +82,7 @@ def histogram_figure(view: View) -> go.Figure | None:
     fig.update_xaxes(title="weight value")
     fig.update_yaxes(title="count")
     return _layout(fig, f"weights of layer {esc(h['layer'])} and its {len(h.get('centroids') or [])} shared values "
-                        f"({esc(cand['id'])} {esc(cand.get('label'))})")
+                        f"({esc(cand.id)} {esc(cand.label)})")
 
 
 def share_section(view: View) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from ..pipeline.results import Candidate
 from .fmt import esc
 from .plots import figure_html
 from .view import View, fp, is_ok
@@ -14,9 +15,9 @@ from .view import View, fp, is_ok
 _FONT = dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif")
 
 
-def _sparse_candidates(view: View) -> list[dict]:
-    return [c for c in view.candidates if is_ok(c) and c.get("layers")
-            and any(v.get("sparsity", 0) > 0 for v in c["layers"].values())]
+def _sparse_candidates(view: View) -> list[Candidate]:
+    return [c for c in view.candidates if is_ok(c) and c.layers
+            and any(v.get("sparsity", 0) > 0 for v in c.layers.values())]
 
 
 def heatmap_figure(view: View) -> go.Figure | None:
@@ -27,10 +28,10 @@ def heatmap_figure(view: View) -> go.Figure | None:
     rows = [view.baseline] + [c for c in rows if c is not view.baseline]
     layers: list[str] = []
     for c in rows:
-        layers += [n for n in (c.get("layers") or {}) if n not in layers]
-    z = [[(c.get("layers") or {}).get(n, {}).get("sparsity") for n in layers] for c in rows]
+        layers += [n for n in c.layers if n not in layers]
+    z = [[c.layers.get(n, {}).get("sparsity") for n in layers] for c in rows]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[esc(n) for n in layers], y=[f"{esc(c['id'])} {esc(c.get('label'))}" for c in rows],
+        z=z, x=[esc(n) for n in layers], y=[f"{esc(c.id)} {esc(c.label)}" for c in rows],
         zmin=0, zmax=1, colorscale="Blues", colorbar=dict(title="zeros"),
         text=[[f"{v:.0%}" if v is not None else "" for v in row] for row in z], texttemplate="%{text}",
         hovertemplate="%{y}<br>layer %{x}: %{z:.1%} zeros<extra></extra>",
@@ -41,10 +42,10 @@ def heatmap_figure(view: View) -> go.Figure | None:
     return fig
 
 
-def _series(cand: dict) -> str:
+def _series(cand: Candidate) -> str:
     """The recipe with its sparsity left out, e.g. 'prune.magnitude(iterative) + learn.distill'."""
     parts = []
-    for step in cand.get("recipe") or []:
+    for step in cand.recipe:
         tech = step.get("technique", "?")
         sched = step.get("schedule")
         parts.append(f"{tech}({sched})" if tech.startswith("prune.") and sched else tech)
@@ -58,13 +59,13 @@ def curve_figure(view: View) -> go.Figure | None:
     for c in _sparse_candidates(view):
         params, nonzero, q = fp(c, "params"), fp(c, "nonzero_params"), view.select_quality(c)
         if params and nonzero is not None and q is not None:
-            series.setdefault(_series(c), []).append((1 - nonzero / params, q, c["id"]))
+            series.setdefault(_series(c), []).append((1 - nonzero / params, q, c.id))
     if not series:
         return None
     base_q = view.select_quality(view.baseline)
     fig = go.Figure()
     for name, pts in series.items():
-        pts = sorted(pts + ([(0.0, base_q, view.baseline["id"])] if base_q is not None else []))
+        pts = sorted(pts + ([(0.0, base_q, view.baseline.id)] if base_q is not None else []))
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers+text",
                                  text=[esc(p[2]) for p in pts], textposition="top center", name=esc(name)))
     fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
@@ -88,16 +89,16 @@ def sparsity_section(view: View) -> str:
 def sensitivity_figure(view: View) -> go.Figure | None:
     """Per-layer sensitivity curves (quality drop when that layer alone is pruned to each ratio), from
     the first candidate whose pruning allocated its budget by sensitivity analysis."""
-    cand = next((c for c in view.candidates if (c.get("records") or {}).get("sensitivity")), None)
+    cand = next((c for c in view.candidates if c.records.get("sensitivity")), None)
     if cand is None:
         return None
     fig = go.Figure()
-    for layer, pts in cand["records"]["sensitivity"].items():
+    for layer, pts in cand.records["sensitivity"].items():
         pts = sorted(pts)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] * 100 for p in pts], mode="lines+markers",
                                  name=esc(layer)))
     fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
-                      title=f"sensitivity of each layer pruned alone ({esc(cand['id'])} {esc(cand.get('label'))})",
+                      title=f"sensitivity of each layer pruned alone ({esc(cand.id)} {esc(cand.label)})",
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
     fig.update_xaxes(title="fraction of the layer's weights removed", tickformat=".0%")
     fig.update_yaxes(title=f"{esc(view.metric)} drop (points, validation)")
@@ -108,9 +109,9 @@ def trajectory_figure(view: View) -> go.Figure | None:
     """Iterative vs one-shot: validation quality after every cut and every fine-tune, against the
     fine-tuning epochs spent (the textbook's figures 10.5/10.6). Candidates that reuse a pruned
     prefix carry the same path; each distinct path is drawn once, named by its shortest recipe."""
-    paths: dict[str, tuple[dict, dict]] = {}
-    for c in sorted(view.candidates, key=lambda c: len(c.get("recipe") or [])):
-        rec = (c.get("records") or {}).get("trajectory")
+    paths: dict[str, tuple[Candidate, dict]] = {}
+    for c in sorted(view.candidates, key=lambda c: len(c.recipe)):
+        rec = c.records.get("trajectory")
         if is_ok(c) and rec and rec.get("points"):
             paths.setdefault(repr(rec["points"]), (c, rec))
     if not paths:
@@ -120,7 +121,7 @@ def trajectory_figure(view: View) -> go.Figure | None:
         pts = [p for p in rec["points"] if p[2] is not None]
         fig.add_trace(go.Scatter(
             x=[p[0] for p in pts], y=[p[2] for p in pts], mode="lines+markers",
-            name=f"{esc(c['id'])} {esc(c.get('label'))}",
+            name=f"{esc(c.id)} {esc(c.label)}",
             text=[f"{esc(p[3])}: {p[1]:.0%} {'weights' if rec.get('kind') == 'weights' else 'channels'} removed"
                   for p in pts],
             hovertemplate="%{text}<br>%{x:.2g} fine-tuning epochs<br>%{y:.4f}<extra></extra>"))

@@ -1,7 +1,8 @@
 """The candidates table: every candidate, failed ones included with their reason."""
 from __future__ import annotations
 
-from .fmt import NA, count, energy, esc, kv_text, ms, nbytes, num, pt, recipe_text
+from ..pipeline.results import Candidate
+from .fmt import NA, count, energy, esc, kv_text, ms, nbytes, num, recipe_text
 from .view import AXES, View, fp, is_ok, number
 
 HEAD = ("id", "label", "status", "runtime", "{metric}", "drop", "latency p50 / p90", "size / gzip",
@@ -16,7 +17,7 @@ def _pair(a: str, b: str) -> str:
     return f"{a} / {b}"
 
 
-def _tags(view: View, cand: dict) -> str:
+def _tags(view: View, cand: Candidate) -> str:
     tags = []
     if cand is view.baseline:
         tags.append('<span class="tag base">baseline</span>')
@@ -25,41 +26,40 @@ def _tags(view: View, cand: dict) -> str:
     return " ".join(tags)
 
 
-def _status(cand: dict) -> str:
-    status = cand.get("status") or "unknown"
+def _status(cand: Candidate) -> str:
+    status = cand.status
     return f'<span class="{"ok" if status == "ok" else "bad"}">{esc(status)}</span>'
 
 
-def _reason(cand: dict) -> str:
+def _reason(cand: Candidate) -> str:
     if is_ok(cand):
         return ""
-    return f'<div class="reason">reason: {esc(cand.get("reason") or "no reason recorded")}</div>'
+    return f'<div class="reason">reason: {esc(cand.reason or "no reason recorded")}</div>'
 
 
-def _frontier(view: View, cand: dict) -> str:
-    on = [axis for axis in AXES if cand["id"] in view.frontier_ids(axis)]
+def _frontier(view: View, cand: Candidate) -> str:
+    on = [axis for axis in AXES if cand.id in view.frontier_ids(axis)]
     if not on:
         return "no"
-    star = " ★" if cand.get("on_frontier") is True else ""  # ★: on the frontier of the goal's target
+    star = " ★" if cand.on_frontier is True else ""  # ★: on the frontier of the goal's target
     return esc(", ".join(on)) + star
 
 
-def _runtimes(cand: dict) -> str:
-    runs = cand.get("runtimes")
-    if not isinstance(runs, dict) or not runs:
+def _runtimes(cand: Candidate) -> str:
+    runs = cand.runtimes
+    if not runs:
         return NA
-    n_ok = sum(1 for r in runs.values() if isinstance(r, dict) and r.get("status") == "ok")
+    n_ok = sum(1 for r in runs.values() if r.status == "ok")
     rows = []
     for rt, r in runs.items():
-        r = r if isinstance(r, dict) else {}
-        ok = r.get("status") == "ok"
+        ok = r.status == "ok"
         if ok:
-            detail = "parity: " + kv_text(r.get("parity"))
+            detail = "parity: " + kv_text(r.parity)
         else:
-            detail = esc(r.get("reason") or "no reason recorded")
+            detail = esc(r.reason or "no reason recorded")
         rows.append(
-            f"<tr><td>{esc(rt)}</td><td class=\"{'ok' if ok else 'bad'}\">{esc(r.get('status'))}</td>"
-            f"<td>{ms(r.get('latency_ms_p50'))}</td><td>{ms(r.get('latency_ms_p90'))}</td>"
+            f"<tr><td>{esc(rt)}</td><td class=\"{'ok' if ok else 'bad'}\">{esc(r.status)}</td>"
+            f"<td>{ms(r.latency_ms_p50)}</td><td>{ms(r.latency_ms_p90)}</td>"
             f"<td class=\"wrap\">{detail}</td></tr>"
         )
     return (
@@ -75,14 +75,14 @@ def candidates_table(view: View) -> str:
     for c in view.candidates:
         # a failed candidate's partial numbers are shown (greyed, next to its reason), never plotted
         f = lambda key: fp(c, key)  # noqa: E731
-        quality, drop = view.quality(c), number(c.get("quality_drop"))
+        quality, drop = view.quality(c), number(c.quality_drop)
         cells = [
-            f"<b>{esc(c['id'])}</b> {_tags(view, c)}",
-            f'<span class="label">{esc(c.get("label"))}</span>',
+            f"<b>{esc(c.id)}</b> {_tags(view, c)}",
+            f'<span class="label">{esc(c.label)}</span>',
             _status(c),
-            esc(c.get("runtime")) or NA,
+            esc(c.runtime) or NA,
             num(quality),
-            pt(drop),
+            view.drop_text(drop),
             _pair(ms(f("latency_ms_p50")), ms(f("latency_ms_p90"))),
             f"{nbytes(f('size_bytes'))} / {nbytes(f('size_bytes_gzip'))}",
             f"{count(f('params'))} / {count(f('nonzero_params'))}",
@@ -92,15 +92,21 @@ def candidates_table(view: View) -> str:
         ]
         cls = "" if is_ok(c) else "failed"
         tds = "".join(f"<td>{x}</td>" for x in cells)
-        rows.append(f'<tr id="cand-{esc(c["id"])}" class="main {cls}">{tds}</tr>')
+        rows.append(f'<tr id="cand-{esc(c.id)}" class="main {cls}">{tds}</tr>')
         # recipe and per-runtime results on a full-width line under the numbers
         rows.append(
             f'<tr class="sub {cls}"><td></td><td colspan="{len(HEAD) - 1}">{_reason(c)}recipe: '
-            f'<code>{recipe_text(c.get("recipe"))}</code>{_runtimes(c)}</td></tr>'
+            f'<code>{recipe_text(c.recipe)}</code>{_runtimes(c)}</td></tr>'
         )
+    if view.goal.relative:
+        drop_note = "drop is how much worse than the baseline, as a percentage of the baseline's value"
+    elif view.goal.higher_is_better is False:
+        drop_note = "drop is candidate minus baseline (lower is better)"
+    else:
+        drop_note = "drop is baseline minus candidate (1 pt = 0.01)"
     return (
         '<div class="scroll"><table class="cands"><thead><tr>' + head + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table></div>"
         + '<p class="note">★ on the frontier of the goal\'s target. Latency and size are measured '
-        "on the runtime named in the row; drop is baseline minus candidate (1 pt = 0.01).</p>"
+        f"on the runtime named in the row; {drop_note}.</p>"
     )

@@ -1,4 +1,4 @@
-"""Read-only access to a results dict (docs/results-schema.md), validated once for the report.
+"""Read-only access to typed Results (docs/results-schema.md) for the report.
 
 Every getter tolerates the partial records of failed candidates: a missing, null or non-finite
 number reads as ``None`` so that nothing unmeasured is ever drawn or compared.
@@ -9,17 +9,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import ArtifactError
+from ..pipeline.results import Candidate, Goal, Results
 
 AXES = ("latency", "size")  # the two footprints the frontier is computed over
 AXIS_KEY = {"latency": "latency_ms_p50", "size": "size_bytes"}
-
-
-def _bad(problem: str) -> ArtifactError:
-    return ArtifactError(
-        f"results {problem}: pass the dict that `effdl optimize` writes as results.json "
-        "(see docs/results-schema.md)"
-    )
 
 
 def number(value: Any) -> float | None:
@@ -31,50 +24,68 @@ def number(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class View:
-    results: dict
+    results: Results
+    goal: Goal
     metric: str
     max_drop: float | None
     target: str | None
-    candidates: list[dict]
-    by_id: dict[str, dict]
-    baseline: dict
-    chosen: dict | None
+    candidates: list[Candidate]
+    by_id: dict[str, Candidate]
+    baseline: Candidate
+    chosen: Candidate | None
 
-    def quality(self, cand: dict) -> float | None:
+    def quality(self, cand: Candidate) -> float | None:
         """The reported quality: the test split."""
-        return number((cand.get("quality") or {}).get(self.metric))
+        return number(cand.quality.get(self.metric))
 
     @property
     def select_split(self) -> str:
         """The split the frontier and the goal were computed on ('val' or 'test')."""
-        return "val" if (self.results.get("goal") or {}).get("select_on") == "val" else "test"
+        return "val" if self.goal.select_on == "val" else "test"
 
-    def select_quality(self, cand: dict) -> float | None:
+    def select_quality(self, cand: Candidate) -> float | None:
         """Quality on the selection split: what the frontier, the choice and the limit use."""
-        key = "quality_val" if self.select_split == "val" else "quality"
-        return number((cand.get(key) or {}).get(self.metric))
+        q = cand.quality_val if self.select_split == "val" else cand.quality
+        return number(q.get(self.metric))
 
     def frontier_ids(self, axis: str) -> list[str]:
         """Ids on the frontier of ``axis``: the top-level list, else the candidates' own flags."""
-        listed = (self.results.get("frontier") or {}).get(axis)
+        listed = self.results.frontier.get(axis)
         if isinstance(listed, list):
             return [i for i in listed if i in self.by_id]
-        return [c["id"] for c in self.candidates if (c.get("frontier") or {}).get(axis) is True]
+        return [c.id for c in self.candidates if c.frontier.get(axis) is True]
 
     @property
     def constraint(self) -> float | None:
-        """Lowest selection-split quality the goal allows: baseline minus max_drop."""
+        """The worst selection-split quality the goal allows (baseline minus max_drop, in the goal's
+        direction; a relative max_drop is a fraction of the baseline)."""
         base = self.select_quality(self.baseline)
-        return None if base is None or self.max_drop is None else base - self.max_drop
+        if base is None or self.max_drop is None:
+            return None
+        allowed = self.max_drop * abs(base) if self.goal.relative and base != 0 else self.max_drop
+        return base - allowed if self.goal.higher_is_better is not False else base + allowed
+
+    def drop_text(self, drop: Any, signed: bool = True) -> str:
+        """A drop in the goal's unit: points (absolute, a fraction metric), % (relative), or the metric's own units."""
+        from .fmt import NA, pt
+
+        v = number(drop)
+        if v is None:
+            return NA
+        if self.goal.relative:
+            return f"{v * 100:+.2f}%" if signed else f"{v * 100:.2f}%"
+        if self.goal.higher_is_better is False:
+            return f"{v:+.4g}" if signed else f"{v:.4g}"
+        return pt(v, signed=signed)
 
 
-def fp(cand: dict, key: str) -> float | None:
+def fp(cand: Candidate, key: str) -> float | None:
     """A footprint number of a candidate, or None where it was not measured."""
-    return number((cand.get("footprint") or {}).get(key))
+    return number(getattr(cand.footprint, key, None))
 
 
-def is_ok(cand: dict) -> bool:
-    return cand.get("status") == "ok"
+def is_ok(cand: Candidate) -> bool:
+    return cand.status == "ok"
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -83,36 +94,19 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator
 
 
-def load_view(results: Any) -> View:
-    """Validate the parts the report cannot do without; raise ArtifactError naming what is wrong."""
-    if not isinstance(results, dict):
-        raise _bad(f"must be a dict, got {type(results).__name__}")
-    goal = results.get("goal")
-    if not isinstance(goal, dict) or not isinstance(goal.get("metric"), str):
-        raise _bad("have no goal.metric")
-    cands = results.get("candidates")
-    if not isinstance(cands, list) or not cands:
-        raise _bad("have no candidates list")
-    by_id: dict[str, dict] = {}
-    for i, c in enumerate(cands):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
-            raise _bad(f"candidate #{i} has no string 'id'")
-        if c["id"] in by_id:
-            raise _bad(f"repeat candidate id {c['id']!r}")
-        by_id[c["id"]] = c
-    base_id = results.get("baseline")
-    if base_id not in by_id:
-        raise _bad(f"name baseline {base_id!r}, which is not among the candidates ({', '.join(by_id)})")
-    chosen_id = results.get("chosen")
-    if chosen_id is not None and chosen_id not in by_id:
-        raise _bad(f"name chosen {chosen_id!r}, which is not among the candidates ({', '.join(by_id)})")
+def load_view(results: Results | dict) -> View:
+    """The report's view of ``results``; a dict (a parsed results.json) is validated first and
+    raises ArtifactError naming what is wrong."""
+    results = Results.from_dict(results)
+    by_id = results.by_id
     return View(
         results=results,
-        metric=goal["metric"],
-        max_drop=number(goal.get("max_drop")),
-        target=goal.get("target"),
-        candidates=cands,
+        goal=results.goal,
+        metric=results.goal.metric,
+        max_drop=number(results.goal.max_drop),
+        target=results.goal.target,
+        candidates=list(results.candidates),
         by_id=by_id,
-        baseline=by_id[base_id],
-        chosen=by_id[chosen_id] if chosen_id is not None else None,
+        baseline=by_id[results.baseline],
+        chosen=by_id[results.chosen] if results.chosen is not None else None,
     )
