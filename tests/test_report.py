@@ -396,3 +396,29 @@ def test_lowrank_section_lists_factorized_and_skipped_layers(raw):
     assert html.count("<h3>") == 1 and "c02" in html and "48,000 &rarr; 19,680" in html
     assert "rank=20" in html and "left dense" in html and "mn/(m+n)" in html
     assert "Low-rank factorization" in render_html(R(raw))
+
+
+def test_lower_is_better_relative_goal_is_drawn_in_its_terms(tmp_path):
+    """Perplexity, 5% relative: the limit line is above the baseline, drops are percentages."""
+    from effdl.pipeline.results import Candidate, Footprint, Goal
+    from effdl.pipeline.summary import headline, summary_rows
+
+    def cand(cid, ppl, p50, size, drop):
+        return Candidate(id=cid, label=cid, status="ok", runtime="eager", quality={"perplexity": ppl},
+                         quality_val={"perplexity": ppl}, quality_drop=drop, quality_drop_val=drop,
+                         footprint=Footprint(latency_ms_p50=p50, latency_ms_p90=p50, size_bytes=size, batch_size=1))
+
+    goal = Goal(metric="perplexity", higher_is_better=False, relative=True, max_drop=0.05)
+    # drops by hand: (20.8 - 20) / 20 = 0.04; (19.0 - 20) / 20 = -0.05
+    res = Results(goal=goal, baseline="c00", chosen="c01", chosen_reason="fastest within 5%",
+                  frontier={"latency": ["c01", "c02"]},
+                  candidates=[cand("c00", 20.0, 1.0, 4000, 0.0), cand("c01", 20.8, 0.5, 2000, 0.04),
+                              cand("c02", 19.0, 0.9, 4000, -0.05)])
+    view = load_view(res)
+    assert view.constraint == pytest.approx(21.0)  # 20 * (1 + 0.05): worse is higher
+    page = render_html(res)
+    assert "with perplexity at most 5.00% above the baseline" in page and "+4.00%" in page
+    (hline,) = [s for s in frontier_figure(view, "latency").layout.shapes if s.line.dash == "dash"]
+    assert hline.y0 == pytest.approx(21.0)
+    assert [r[4] for r in summary_rows(res)] == ["+0.00", "+4.00", "-5.00"]
+    assert "perplexity 20.8000 (-4.00% on test, -4.00 on validation)" in headline(res)[1]
