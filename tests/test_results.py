@@ -199,3 +199,37 @@ def test_cli_prints_the_typed_results(run):
             f"{base.footprint.latency_ms_p50:.4f} ms p50 at batch 1 on eager") in text
     assert f"chosen {chosen.id} ({chosen.label}) on eager: accuracy" in text and "points on test" in text
     assert _line(base, "resumed", "accuracy").startswith(f"  c00 baseline: accuracy {base.quality['accuracy']:.4f}, ")
+
+
+class _ErrorRate(effdl.ImageClassification):
+    """Digits classification judged by its error rate: a real lower-is-better metric."""
+
+    @property
+    def metric(self):
+        return effdl.MetricSpec("error", False)
+
+    def evaluate(self, predictor, split="test"):
+        q = super().evaluate(predictor, split)
+        return {**q, "error": 1.0 - q["accuracy"]}
+
+
+def test_lower_is_better_metric_end_to_end(digits, digits_task, tmp_path):
+    from effdl.pipeline.pareto import pareto_front
+
+    # the same trained model and data, judged by error rate
+    task = _ErrorRate(digits_task.model, digits.train, digits.val, digits.test, num_classes=digits.num_classes)
+    specs = [CandidateSpec("c00", "baseline", Recipe(())),
+             CandidateSpec("c01", "prune 50%", Recipe((effdl.prune.Magnitude(sparsity=0.5, finetune_epochs=1),))),
+             CandidateSpec("c02", "prune 95%", Recipe((effdl.prune.Magnitude(sparsity=0.95),)))]
+    res = effdl.optimize(task, Goal(max_drop=0.02, target="size"), out_dir=tmp_path, candidates=specs,
+                         measure=MeasureSettings(runtimes=("eager",)))
+    assert res.goal.metric == "error" and res.goal.higher_is_better is False
+    base = res.baseline_candidate.quality_val["error"]
+    for c in res.candidates:  # drop = candidate - baseline: a higher error is worse
+        assert c.quality_drop_val == pytest.approx(c.quality_val["error"] - base)
+    expect = pareto_front([(c.id, c.quality_val["error"], c.footprint.size_bytes) for c in res.candidates],
+                          higher_is_better=False)
+    assert res.frontier["size"] == expect
+    feasible = [c for c in res.candidates if c.quality_val["error"] - base <= 0.02 + 1e-12]
+    assert res.chosen == min(feasible, key=lambda c: (c.footprint.size_bytes, c.footprint.latency_ms_p50)).id
+    assert Results.load(tmp_path / "results.json") == res

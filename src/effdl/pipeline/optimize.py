@@ -209,7 +209,7 @@ def optimize(
         raise ConfigError(f"metric {goal.metric!r} is not one the task reports: {list(reported)}."
                           f"{suggest(goal.metric, reported)}")
     out_dir = Path(out_dir)
-    specs = candidates if candidates is not None else candidates_for(strategy, model=task.model)
+    specs = candidates if candidates is not None else candidates_for(strategy, task=task)
     # every setting that changes a measured number; the goal's metric and limits only change the choice
     key_settings = {**measure.key(goal), "baseline_model": model_fingerprint(task.model),
                     "data": provenance.data if provenance else None}
