@@ -210,9 +210,11 @@ def optimize(
                           f"{suggest(goal.metric, reported)}")
     out_dir = Path(out_dir)
     specs = candidates if candidates is not None else candidates_for(strategy, task=task)
-    # every setting that changes a measured number; the goal's metric and limits only change the choice
+    # every setting that changes a measured number (the baseline's weights, the data and how much of it
+    # is evaluated, e.g. a text task's eval limit); the goal's metric and limits only change the choice
     key_settings = {**measure.key(goal), "baseline_model": model_fingerprint(task.model),
-                    "data": provenance.data if provenance else None}
+                    "data": provenance.data if provenance else None, "task": type(task).__name__,
+                    "examples": {s: task.num_examples(s) for s in ("train", "val", "test")}}
     study = Study(out_dir, storage)
     done = study.finished()
     cache = _PrefixCache(task)
