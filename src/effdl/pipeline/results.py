@@ -126,7 +126,7 @@ class MeasureSettings:
                                   f"got {self.runtimes!r}")
             object.__setattr__(self, "runtimes", tuple(self.runtimes))
         if not isinstance(self.tolerances, Tolerances):
-            raise ConfigError(f"MeasureSettings.tolerances must be a effdl.Tolerances, got {type(self.tolerances).__name__}")
+            raise ConfigError(f"MeasureSettings.tolerances must be an effdl.Tolerances, got {type(self.tolerances).__name__}")
 
     def batch_sizes(self, goal: Goal) -> tuple[int, ...]:
         return tuple(dict.fromkeys((goal.batch_size, self.large_batch)))
