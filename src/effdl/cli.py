@@ -61,24 +61,21 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) 
     logging.getLogger("effdl").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
-def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool, latency_only: bool = False):
-    from .core.errors import ConfigError
-    from .core.task import ImageClassification
+def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool, latency_only: bool = False,
+          eval_limit: Optional[int] = None):
     from .data import load_data
-    from .zoo import load_model
+    from .specs import build_task, is_text_data
 
-    splits = load_data(data)
-    if splits.synthetic and not latency_only:
-        raise ConfigError(f"{data!r} is synthetic (random inputs): use it with `effdl measure` for latency and "
-                          "size only; optimizing needs real data (a bundled name or path/to/file.py:factory)")
-    if splits.synthetic:
-        err.print(f"[yellow]note:[/] {splits.description}")
-    m = load_model(model, splits, weights=weights, allow_pickle=allow_pickle)
-    return ImageClassification(m, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
+    if not is_text_data(data) and data.startswith("synthetic:") and latency_only:
+        err.print(f"[yellow]note:[/] {load_data(data).description}")
+    return build_task(model, data, weights=weights, allow_pickle=allow_pickle, latency_only=latency_only,
+                      eval_limit=eval_limit)
 
 
-MODEL_OPT = typer.Option("zoo:lenet5", "--model", help="zoo:<name> or path/to/file.py:factory")
-DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | path/to/file.py:factory | synthetic:CxHxW (measure only)")
+MODEL_OPT = typer.Option("zoo:lenet5", "--model", help="zoo:<name> (`effdl zoo`), hf:PATH (a local Hugging Face model "
+                         "directory) or path/to/file.py:factory")
+DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | stsb | sentiment | austen (`effdl data`) | "
+                        "path/to/file.py:factory | synthetic:CxHxW (measure only)")
 WEIGHTS_OPT = typer.Option(None, "--weights", help="weights for the model (.safetensors)")
 PICKLE_OPT = typer.Option(False, "--allow-pickle", help="allow loading a pickle-based checkpoint you trust")
 
@@ -103,7 +100,15 @@ def optimize(
     threads: int = typer.Option(2, "--threads"),
     latency_tie: float = typer.Option(0.05, "--latency-tie", help="latencies within this fraction of the fastest count as tied (noise); ties go to the smaller model"),
     out_dir: Path = typer.Option(Path("runs/demo"), "--out"),
-    strategy: str = typer.Option("shrink-and-improve", "--strategy"),
+    strategy: str = typer.Option("shrink-and-improve", "--strategy", help="shrink-and-improve (picks the grid for the "
+                                 "task: images/signals or text) | broad | quantization | sparse-training | lowrank | "
+                                 "learning | text"),
+    candidates: Optional[Path] = typer.Option(None, "--candidates", help="YAML/JSON list of candidates "
+                                              "({label, steps, runtimes}) instead of a strategy; the first is the baseline"),
+    large_batch: Optional[int] = typer.Option(None, "--large-batch", help="second batch size timed and parity-checked "
+                                              "(default 32; 4 for language models, whose batches are long sequences)"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="text tasks: evaluate on at most this many "
+                                             "examples (pairs, texts or windows) per validation/test split"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
     _steady_allocator()
@@ -111,15 +116,20 @@ def optimize(
 
     from .pipeline.optimize import optimize as run
     from .pipeline.results import Goal, MeasureSettings, Provenance
-    from .pipeline.strategies import candidates_for
+    from .pipeline.strategies import candidates_for, load_candidates
 
     # settings are checked before the (slow) model and data load
     goal = Goal(metric=metric, higher_is_better=higher_is_better, max_drop=max_drop, relative=relative_drop,
                 target=target, batch_size=batch_size, latency_tie=latency_tie)
-    settings = MeasureSettings(threads=threads, runtimes=tuple(runtimes.split(",")) if runtimes else None)
-    task = _task(model, data, weights, allow_pickle)
+    rts = tuple(runtimes.split(",")) if runtimes else None
+    MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch or 32)
+    listed = load_candidates(candidates) if candidates is not None else None
+    task = _task(model, data, weights, allow_pickle, eval_limit=eval_limit)
+    if large_batch is None:
+        large_batch = 4 if task.kind == "causal-lm" else 32
+    settings = MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch)
     goal = goal.resolve(task)
-    specs = candidates_for(strategy, model=task.model)
+    specs = listed if listed is not None else candidates_for(strategy, task=task)
     provenance = Provenance(command="effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:]), model=model, data=data)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:
@@ -295,9 +305,11 @@ def _listing(title: str, rows) -> None:
 @app.command()
 def zoo() -> None:
     """List the model zoo."""
-    from .zoo import ZOO
+    from .zoo import PRETRAINED_TEXT, ZOO
 
     _listing("zoo (use as --model zoo:<name>)", ((n, e.description) for n, e in ZOO.items()))
+    _listing("pretrained text models (use as --model zoo:<name>; or hf:PATH, a local Hugging Face model folder)",
+             PRETRAINED_TEXT.items())
 
 
 @app.command()
