@@ -24,6 +24,8 @@ from ..task import Batch, LabelledTask, MetricSpec, Predictor, Task, check_forwa
 from .classification import classification_metrics
 
 SPLITS = ("train", "val", "test")
+#: evaluation groups texts by length in steps of this many tokens (see TokenTask._outputs)
+BUCKET = 16
 
 
 def tokenize(tokenizer, texts: Sequence[str], seq_len: int, pad_id: int) -> tuple[torch.Tensor, int]:
@@ -133,7 +135,19 @@ class TokenTask(Task):
         return new
 
     def _outputs(self, predictor: Predictor | nn.Module, rows: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        return torch.cat(list(eval_mode_outputs(predictor, rows.split(batch_size))))
+        """Outputs of every row, in order. Rows are grouped by their length rounded up to BUCKET
+        tokens and the trailing padding beyond it is cut: the model masks padding, so the outputs are
+        the same, for a fraction of the work on short texts (and a few fixed shapes per split)."""
+        lengths = (rows != self.pad_id).long().cumsum(1).argmax(1) + 1  # up to the last real token
+        buckets = ((lengths + BUCKET - 1) // BUCKET * BUCKET).clamp(max=rows.shape[1])
+        out: torch.Tensor | None = None
+        for width in buckets.unique().tolist():
+            idx = (buckets == width).nonzero().flatten()
+            part = torch.cat(list(eval_mode_outputs(predictor, rows[idx, :width].split(batch_size))))
+            if out is None:
+                out = part.new_empty((len(rows),) + tuple(part.shape[1:]))
+            out[idx] = part
+        return out
 
 
 class TextClassification(TokenTask, LabelledTask):
@@ -275,12 +289,14 @@ class CausalLM(TokenTask):
             if not isinstance(text, str):
                 raise DataError(f"CausalLM takes each split as one string of prose, got a {type(text).__name__} "
                                 f"for {split!r}")
-            tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+            cap = windows.get(split)
+            if cap is not None:  # English runs ~4-5 characters a token: 16 per token is ample
+                text = text[: cap * seq_len * 16]
+            tokens = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             n = len(tokens) // seq_len
             if n == 0:
                 raise DataError(f"the {split} text has {len(tokens)} tokens, fewer than one window of {seq_len}: "
                                 "give more text or a smaller seq_len")
-            cap = windows.get(split)
             n = n if cap is None else min(n, cap)
             ids[split] = torch.as_tensor(tokens[: n * seq_len], dtype=torch.int64).reshape(n, seq_len)
         super().__init__(model, ids, pad_id=pad_id, seq_len=seq_len, max_length=max_length, batch_size=batch_size,
