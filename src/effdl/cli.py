@@ -116,6 +116,7 @@ def optimize(
 
     from .pipeline.optimize import optimize as run
     from .pipeline.results import Goal, MeasureSettings, Provenance
+    from .core.progress import listening
     from .pipeline.strategies import candidates_for, load_candidates
 
     # settings are checked before the (slow) model and data load
@@ -134,6 +135,10 @@ def optimize(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:
         job = bar.add_task("candidates", total=len(specs))
+        stage_job = bar.add_task("", total=None)
+
+        def on_stage(stage: str, done: int, total) -> None:  # apply / train / measure <runtime> / evaluate
+            bar.update(stage_job, description=f"  {stage}", completed=done, total=total)
 
         def on_event(ev: str, c) -> None:  # c: the CandidateSpec on "start", else the measured Candidate
             if ev == "start":
@@ -142,8 +147,9 @@ def optimize(
             bar.advance(job)
             bar.console.print(_line(c, ev, goal.metric))
 
-        results = run(task, goal, out_dir=out_dir, candidates=specs, measure=settings, provenance=provenance,
-                      on_event=on_event)
+        with listening(on_stage):
+            results = run(task, goal, out_dir=out_dir, candidates=specs, measure=settings, provenance=provenance,
+                          on_event=on_event)
     _summary(results, out_dir)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import progress
 from .errors import ConfigError, DataError, ModelError
 
 Predictor = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
@@ -254,6 +255,7 @@ class Task(ABC):
                 for h in hooks:
                     h.after_step(step, model)
                 step += 1
+                progress.report("train", step, steps)
                 if step >= steps:
                     break
         return model.eval()

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..core.progress import StageTimer
 from ..core.compressed import float_reference
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
@@ -77,15 +78,18 @@ def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: 
                        settings: MeasureSettings) -> Candidate:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"id": spec.id, "label": spec.label, "recipe": spec.recipe.to_list(), "status": "failed"}
+    timer = StageTimer()
 
     def done(**fields) -> Candidate:
-        result.update(fields, seconds=round(time.perf_counter() - t0, 2))
+        result.update(fields, seconds=round(time.perf_counter() - t0, 2), stage_seconds=timer.seconds)
         return Candidate.model_validate(_jsonable(result))
 
     cdir = out_dir / "candidates" / spec.id
     try:
-        model = cache.build(spec.recipe.steps)
-        fp = static_footprint(model, task, cdir / "model.safetensors")
+        with timer.stage("apply"):
+            model = cache.build(spec.recipe.steps)
+        with timer.stage("store"):
+            fp = static_footprint(model, task, cdir / "model.safetensors")
         result["layers"] = fp.pop("layers")
         if records(model):  # e.g. sensitivity curves, lottery history: drawn by the report
             result["records"] = records(model)
@@ -97,8 +101,9 @@ def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: 
     batch_sizes = settings.batch_sizes(goal)
     measured, runtimes = {}, {}
     for rt in _runtimes_for(model, spec, settings.runtimes):
-        res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes, threads=settings.threads,
-                              tolerances=settings.tolerances, repeats=settings.repeats)
+        with timer.stage(f"measure {rt}"):  # lower, check parity, time
+            res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes,
+                                  threads=settings.threads, tolerances=settings.tolerances, repeats=settings.repeats)
         measured[rt] = res
         entry = {"status": res.status, "reason": res.reason, "precision": res.precision,
                  "latency_by_batch": res.latency, "parity": res.parity, "info": res.info}
@@ -113,8 +118,9 @@ def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: 
         return done(reason=f"no runtime passed: {reasons}", footprint=fp)
     best = min(ok, key=lambda rt: ok[rt].latency[str(goal.batch_size)]["p50_ms"])
     res = ok[best]
-    quality = runtime_quality(res, task, goal.batch_size)
-    fp.update(runtime_footprint(res, task, goal.batch_size))
+    with timer.stage("evaluate"):
+        quality = runtime_quality(res, task, goal.batch_size)
+        fp.update(runtime_footprint(res, task, goal.batch_size))
     artifacts = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
                  "structure": str((cdir / "structure.json").relative_to(out_dir))}
     if res.lowered.artifact is not None:

@@ -194,6 +194,8 @@ class Candidate(_Record):
     records: dict[str, Any] = {}  # what techniques left for the report (sensitivity curves, ...)
     artifacts: dict[str, str] = {}  # kind -> path relative to the output directory
     seconds: float | None = None
+    #: wall seconds per stage: apply (the recipe, fine-tuning included), store, measure <runtime>, evaluate
+    stage_seconds: dict[str, float] = {}
     quality_drop: float | None = None  # in the goal's terms (Goal.drop), test split
     quality_drop_val: float | None = None
     frontier: dict[str, bool] = {}  # target -> on that frontier
