@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import effdl
-from effdl.compress.share import Cluster, clustered_layers, kmeans_1d
+from effdl.compress.share import Cluster, ClusteredModel, clustered_layers, kmeans_1d
 from effdl.core.errors import ConfigError, UnsupportedModuleError
 from effdl.core.registry import config_from_dict
 
@@ -44,21 +44,22 @@ def test_random_init_converges_on_separated_data(seed):
 def test_cluster_keeps_zeros_and_shares_values():
     model = _linear([[0.0, 1, 2, 3], [10, 0, 11, 12]])
     out = effdl.apply(model, Cluster(bits=1))
-    w = out[0].weight
+    w = out.float_model[0].weight
     assert w.tolist() == [[0.0, 2, 2, 2], [11, 0, 11, 11]]
     assert torch.equal(w.view(torch.int32) == 0, torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]]).bool())  # +0.0
-    assert torch.equal(out[0].parametrizations.weight.original, w)  # dense copy kept true
+    assert torch.equal(out.float_model[0].parametrizations.weight.original, w)  # dense copy kept true
     assert model[0].weight[0, 1].item() == 1.0  # apply copied the model
     assert [n for n, _, _ in clustered_layers(out)] == ["0"]
-    assert type(out).__name__ == "ClusteredSequential" and callable(out.storage_tensors)
+    # an explicit wrapper: the float model keeps its class
+    assert type(out) is ClusteredModel and type(out.float_model) is nn.Sequential
 
 
 def test_centroid_gradient_is_the_sum_of_its_weights_gradients():
     out = effdl.apply(_linear([[1.0, 2], [10, 11]]), Cluster(bits=1))  # clusters {1,2} -> 1.5, {10,11} -> 10.5
-    p = out[0].parametrizations.weight[0]
+    p = out.float_model[0].parametrizations.weight[0]
     assert p.codebook.tolist() == [1.5, 10.5]
     g = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
-    (out[0].weight * g).sum().backward()
+    (out.float_model[0].weight * g).sum().backward()
     assert p.codebook.grad.tolist() == [3.0, 7.0]  # Han et al.: gradients summed per cluster
 
 
@@ -141,8 +142,10 @@ def test_tied_and_non_float32_weights_refused():
 def test_deepcopy_keeps_the_clustered_model():
     out = effdl.apply(_linear([[1.0, 2, 3, 10, 11, 12]]), Cluster(bits=1))
     twin = copy.deepcopy(out)
-    assert torch.equal(twin[0].weight, out[0].weight) and callable(twin.storage_tensors)
-    assert twin[0].parametrizations.weight[0].codebook is not out[0].parametrizations.weight[0].codebook
+    assert torch.equal(twin.float_model[0].weight, out.float_model[0].weight) and type(twin) is ClusteredModel
+    assert set(twin.storage_tensors()) == set(out.storage_tensors())
+    assert (twin.float_model[0].parametrizations.weight[0].codebook
+            is not out.float_model[0].parametrizations.weight[0].codebook)
 
 
 def test_per_layer_bits_by_disjoint_steps():

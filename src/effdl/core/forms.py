@@ -1,23 +1,33 @@
 """Which models are already quantized: one check for every technique that must come before quantization.
 
-A quantized model (INT8 PTQ, weight-only codes, float formats, binary/ternary) stores a derived form
-(its ``storage_tensors()``); pruning, decomposing or training it afterwards would leave that form
-stale or move the weights off their grid. Quantized model classes set ``effdl_quantized = True``.
+A quantized model is a ``CompressedModel`` (INT8 PTQ, weight-only codes, float formats,
+binary/ternary, k-means clusters): it stores a derived form (its ``storage_tensors()``); pruning,
+decomposing or training it afterwards would leave that form stale or move the weights off their
+grid. The one exception is training a model whose stored form stays exact under training
+(``CompressedModel.trainable``: training a clustered model trains its shared values).
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
+from .compressed import CompressedModel
 from .errors import ConfigError
+
+#: technique families that only train the model's existing parameters (no rewrite of its weights
+#: or structure), so they may follow a trainable CompressedModel
+TRAINING_ONLY = ("learn.",)
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(type(model), "effdl_quantized", False))
+    return isinstance(model, CompressedModel)
 
 
 def refuse_quantized(model: nn.Module, technique: str) -> None:
     """ConfigError when ``model`` is already quantized: ``technique`` must come earlier in the recipe."""
-    if is_quantized(model):
-        raise ConfigError(
-            f"{technique} must come before quantization in a recipe: the model is already quantized "
-            f"({type(model).__name__}); apply {technique} to the float model, then quantize")
+    if not is_quantized(model):
+        return
+    if model.trainable and technique.startswith(TRAINING_ONLY):
+        return  # e.g. learn.distill on a share.cluster result trains its centroids
+    raise ConfigError(
+        f"{technique} must come before quantization in a recipe: the model is already quantized "
+        f"({type(model).__name__}); apply {technique} to the float model, then quantize")

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from .compressed import float_reference
+
 _ATTR = "_effdl_records"
 
 
@@ -18,7 +20,8 @@ def attach(model: nn.Module, key: str, value: Any) -> None:
 
 
 def records(model: nn.Module) -> dict[str, Any]:
-    """Everything attached to ``model`` (or to a quantized model's float source)."""
-    out = dict(getattr(model, "float_model", model).__dict__.get(_ATTR, {}))
+    """Everything attached to ``model`` and, for a CompressedModel, to its float reference (the
+    records of the steps before it); the model's own win on a clash."""
+    out = dict(float_reference(model).__dict__.get(_ATTR, {}))
     out.update(model.__dict__.get(_ATTR, {}))
     return out

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..core.compressed import Int8Model, Int8Spec
 from ..core.errors import ConfigError
 
 
@@ -52,3 +53,14 @@ def check_batch_sizes(batch_sizes: Any) -> tuple[int, ...]:
     if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
         raise ConfigError(f"batch_sizes must be a non-empty tuple of integers >= 1, got {batch_sizes!r}")
     return tuple(dict.fromkeys(sizes))
+
+
+def int8_spec(model: Any, runtime: str, kind: str, other: str) -> Int8Spec:
+    """The ``Int8Spec`` of ``model`` when it is an INT8 model of runtime ``kind`` ("int8-static" or
+    "int8-dynamic"), else a ConfigError naming the fix (``other``: the runtime for the other mode)."""
+    if not isinstance(model, Int8Model):
+        raise ConfigError(f"{runtime} runs a quantize.ptq result (an INT8 model); apply quantize.ptq first")
+    if model.runtime_kind != kind:
+        raise ConfigError(f"{runtime} runs quantize.ptq results with mode={kind.removeprefix('int8-')!r}, this one is "
+                          f"mode={model.runtime_kind.removeprefix('int8-')!r}: use the {other} runtime")
+    return model.int8_spec()

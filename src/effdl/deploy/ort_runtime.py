@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import ArtifactError, ConfigError, UnsupportedModuleError
-from .lowered import Lowered, as_logits
+from ..core.compressed import Int8Spec
+from .lowered import Lowered, as_logits, int8_spec
 from .onnx_export import OPSET, check_size, export_onnx, node_modules
 
 
@@ -75,7 +76,7 @@ def lower_ort(model: nn.Module, *, task, workdir: Path, threads: int, batch_size
     check_size(model)
     path = Path(workdir) / f"{_stem(model)}.onnx"
     t0 = time.perf_counter()
-    export_onnx(model, task.example_input(max(2, max(batch_sizes))), path)
+    export_onnx(model, task.example_input(max(2, max(batch_sizes))), path, task.dynamic_axes)
     export_s = time.perf_counter() - t0
     sess = session(path, threads)
     return Lowered("ort", "fp32", True, _predict(sess), path, _info(sess, path, threads, export_s=export_s))
@@ -136,35 +137,22 @@ def _collect_root_logging(records: list[str]):
         root.handlers = saved
 
 
-def _quantized_source(model: nn.Module, runtime: str, mode: str):
-    """(config, float model) of a QuantizedModel of ``mode``, or a ConfigError saying what to do."""
-    config = getattr(model, "config", None)
-    float_model = getattr(model, "float_model", None)
-    if float_model is None or config is None:
-        raise ConfigError(f"{runtime} runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
-    if getattr(config, "mode", "static") != mode:
-        other = "ort-int8" if mode == "dynamic" else "ort-int8-dynamic"
-        raise ConfigError(f"{runtime} runs quantize.ptq results with mode={mode!r}, this one is "
-                          f"mode={config.mode!r}: use the {other} runtime")
-    return config, float_model
-
-
-def _quantize_onnx(model: nn.Module, task, workdir: Path, tag: str, quantize) -> tuple[Path, Path, list[str], list[str], float]:
-    """Export the float model, run ``quantize(pre_processed, out, nodes_to_exclude)`` (an ORT
-    quantizer call) and move the result to ``<stem>.<tag>.onnx`` atomically.
+def _quantize_onnx(model: nn.Module, spec: Int8Spec, task, workdir: Path, tag: str,
+                   quantize) -> tuple[Path, Path, list[str], list[str], float]:
+    """Export the INT8 model's float reference, run ``quantize(pre_processed, out, nodes_to_exclude)``
+    (an ORT quantizer call) and move the result to ``<stem>.<tag>.onnx`` atomically.
 
     Returns (quantized path, float path, nodes kept FP32, quantizer notes, seconds).
     """
-    float_model = model.float_model
+    float_model = model.float_reference()
     check_size(float_model)
     workdir = Path(workdir)
     stem = _stem(float_model)
     float_path = workdir / f"{stem}.float.onnx"
     out = workdir / f"{stem}.{tag}.onnx"
     t0 = time.perf_counter()
-    export_onnx(float_model, task.example_input(2), float_path)
-    keep_float = tuple(dict.fromkeys(model.excluded + model.float_modules()))
-    exclude_nodes = _float_nodes(float_path, keep_float)
+    export_onnx(float_model, task.example_input(2), float_path, task.dynamic_axes)
+    exclude_nodes = _float_nodes(float_path, spec.kept_float)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(dir=workdir, prefix=f".{tag}-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -228,18 +216,18 @@ def _lower_ort_static(model: nn.Module, task, workdir: Path, threads: int, runti
                       signed_activations: bool) -> Lowered:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    config, _ = _quantized_source(model, runtime, "static")
-    if config.calibration == "mse":
+    spec = int8_spec(model, runtime, "int8-static", "ort-int8-dynamic")
+    if spec.calibration_method == "mse":
         raise ConfigError(f"{runtime}: ONNX Runtime has no MSE-optimal calibrator, so it cannot reproduce "
                           "calibration='mse': use the pt2e-int8 runtime, or calibration='entropy'")
-    if config.calibration == "entropy":  # ORT's own implementation of TensorRT's KL method
+    if spec.calibration_method == "entropy":  # ORT's own implementation of TensorRT's KL method
         method, extra = CalibrationMethod.Entropy, {}
-    elif config.calibration == "percentile":
+    elif spec.calibration_method == "percentile":
         # ORT's default percentile range is symmetric (|x| histogram, -t..t), which wastes half of
         # uint8 on ReLU outputs: ask for the raw-value histogram. ORT then cuts (100 - p)/2 % from
         # each tail and ours (100 - p) % from each, so pass p' = 2p - 100 to get the same cut.
         method = CalibrationMethod.Percentile
-        extra = {"CalibPercentile": 2 * config.percentile - 100, "CalibTensorRangeSymmetric": False}
+        extra = {"CalibPercentile": 2 * spec.percentile - 100, "CalibTensorRangeSymmetric": False}
     else:
         method, extra = CalibrationMethod.MinMax, {}
     extra.update(WeightSymmetric=True, ActivationSymmetric=False)
@@ -253,27 +241,27 @@ def _lower_ort_static(model: nn.Module, task, workdir: Path, threads: int, runti
         op_types = ["Conv", "MatMul", "Gemm"] if attention else None  # None: ORT's default op types
         if attention:  # inputs of the weighted ops only: their outputs feed FP32 ops
             extra["OpTypesToExcludeOutputQuantization"] = op_types
-        if model.input_ranges:  # given (QAT's trained ranges): override ORT's calibration of those tensors
-            extra["TensorQuantOverrides"] = _input_overrides(pre, model.input_ranges)
+        if spec.input_ranges:  # given (QAT's trained ranges): override ORT's calibration of those tensors
+            extra["TensorQuantOverrides"] = _input_overrides(pre, spec.input_ranges)
         quantize_static(
-            str(pre), str(staged), _Reader(model.calibration, "input"),
-            quant_format=QuantFormat.QDQ, per_channel=config.weight_granularity == "channel",
+            str(pre), str(staged), _Reader(list(spec.calibration), "input"),
+            quant_format=QuantFormat.QDQ, per_channel=spec.per_channel,
             activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=op_types,
             calibrate_method=method, nodes_to_exclude=exclude_nodes, extra_options=extra,
         )
 
     tag = runtime.removeprefix("ort-")
-    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, task, workdir, tag, quantize)
+    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, spec, task, workdir, tag, quantize)
     sess = session(out, threads)
     info = _info(sess, out, threads, quantize_s=quant_s)
     info.update(
-        quantization=config.to_dict(), float_onnx=str(float_path),
+        quantization=spec.settings, float_onnx=str(float_path),
         scheme=("QDQ, S8S8 (int8 activations" if signed_activations else "QDQ, U8S8 (uint8 activations")
         + ", int8 symmetric weights)",
-        per_channel=config.weight_granularity == "channel", calibrate_method=method.name,
-        calibration_batches=len(model.calibration), nodes_kept_float=exclude_nodes,
-        given_input_ranges=sorted(model.input_ranges),
+        per_channel=spec.per_channel, calibrate_method=method.name,
+        calibration_batches=len(spec.calibration), nodes_kept_float=exclude_nodes,
+        given_input_ranges=sorted(spec.input_ranges),
         qdq_nodes=_count_qdq(out), quantizer_notes=notes[:20],
     )
     return Lowered(runtime, "int8", False, _predict(sess), out, info)
@@ -286,20 +274,20 @@ def lower_ort_int8_dynamic(model: nn.Module, *, task, workdir: Path, threads: in
     torch's dynamic INT8, so both dynamic runtimes run the same model."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    config, _ = _quantized_source(model, "ort-int8-dynamic", "dynamic")
+    spec = int8_spec(model, "ort-int8-dynamic", "int8-dynamic", "ort-int8")
 
     def quantize(pre: Path, staged: Path, exclude_nodes: list[str]) -> None:
         quantize_dynamic(str(pre), str(staged), op_types_to_quantize=["MatMul", "Gemm"],
-                         per_channel=config.weight_granularity == "channel", weight_type=QuantType.QInt8,
+                         per_channel=spec.per_channel, weight_type=QuantType.QInt8,
                          nodes_to_exclude=exclude_nodes, extra_options={"WeightSymmetric": True})
 
-    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, task, workdir, "int8-dynamic", quantize)
+    out, float_path, exclude_nodes, notes, quant_s = _quantize_onnx(model, spec, task, workdir, "int8-dynamic", quantize)
     sess = session(out, threads)
     info = _info(sess, out, threads, quantize_s=quant_s)
     info.update(
-        quantization=config.to_dict(), float_onnx=str(float_path),
+        quantization=spec.settings, float_onnx=str(float_path),
         scheme="dynamic: uint8 activations quantized per batch, int8 symmetric weights (MatMulInteger)",
-        per_channel=config.weight_granularity == "channel", nodes_kept_float=exclude_nodes,
+        per_channel=spec.per_channel, nodes_kept_float=exclude_nodes,
         integer_nodes=_count_ops(out, ("MatMulInteger", "ConvInteger")), quantizer_notes=notes[:20],
     )
     return Lowered("ort-int8-dynamic", "int8", False, _predict(sess), out, info)

@@ -1,9 +1,10 @@
 """Runtimes: lower a model to something runnable and measurable.
 
-``RUNTIMES`` maps a runtime name to its lowering, a description and what it accepts ("float" or
-"quantized" models). ``lower(model, name, ...)`` returns a ``Lowered``; ``runtimes_for(model)``
-lists the runtimes that fit a model (``applies`` says whether a runtime is worth trying on it; a
-runtime may still be named explicitly for any model of its kind).
+``RUNTIMES`` maps a runtime name to its lowering, a description and the runtime kind of the models it
+accepts (``core.compressed.RUNTIME_KINDS``: "float", "int8-static", "int8-dynamic"). ``lower(model,
+name, ...)`` returns a ``Lowered``; ``runtimes_for(model)`` lists the runtimes that fit a model
+(``applies`` says whether a runtime is worth trying on it; a float runtime may still be named
+explicitly for any float model).
 Adding a runtime = one function + one registry entry.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
+from ..core.compressed import Int8Model, float_reference, runtime_kind, weight_format
 from ..core.errors import ConfigError, UnsupportedModuleError, suggest
 from .lowered import Lowered, check_batch_sizes, check_threads
 from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic, lower_ort_int8_s8s8
@@ -26,41 +28,34 @@ __all__ = ["Lowered", "RUNTIMES", "Runtime", "is_int8_model", "lower", "runtimes
 class Runtime(NamedTuple):
     lower: Callable[..., Lowered]
     description: str
-    accepts: str  # "float" | "quantized"
+    accepts: str  # the runtime kind it runs: "float" | "int8-static" | "int8-dynamic"
     applies: Callable[[nn.Module], bool] | None = None  # worth trying on this model? (None: always)
 
 
-def _ptq_mode(mode: str, calibrations: tuple[str, ...] | None = None) -> Callable[[nn.Module], bool]:
-    def applies(model: nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return (getattr(config, "mode", "static") == mode
-                and (calibrations is None or getattr(config, "calibration", None) in calibrations))
-    return applies
-
-
 def has_bf16_weights(model: nn.Module) -> bool:
-    """A quantize.float BF16 model: the bf16 runtime computes with exactly its stored weights."""
-    from ..compress.quantize.float_formats import FloatFormatModel
-
-    return isinstance(model, FloatFormatModel) and model.config.format == "bf16"
+    """Weights that are exactly bf16 values (quantize.float BF16): the bf16 runtime computes with them."""
+    return weight_format(model) == "bf16"
 
 
-_ORT_STATIC = _ptq_mode("static", ("minmax", "percentile", "entropy"))  # ORT has no MSE calibrator
+def _ort_calibration(model: nn.Module) -> bool:
+    """ORT has no MSE calibrator: its static runtimes cannot reproduce calibration='mse'."""
+    return isinstance(model, Int8Model) and model.int8_spec().calibration_method in ("minmax", "percentile", "entropy")
+
 
 RUNTIMES: dict[str, Runtime] = {
     "eager": Runtime(lower_eager, "PyTorch eager FP32 (eval, inference_mode)", "float"),
     "compile": Runtime(lower_compile, "torch.compile (inductor) FP32 with freezing, static shapes", "float"),
     "ort": Runtime(lower_ort, "ONNX Runtime CPU FP32 (dynamo ONNX export, all graph optimizations)", "float"),
     "pt2e-int8": Runtime(lower_pt2e_int8, "PT2E static INT8 (X86InductorQuantizer) + torch.compile: oneDNN int8 kernels",
-                         "quantized", _ptq_mode("static")),
-    "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "quantized",
-                        _ORT_STATIC),
+                         "int8-static"),
+    "ort-int8": Runtime(lower_ort_int8, "ONNX Runtime static QDQ INT8 (U8S8, per-channel weights)", "int8-static",
+                        _ort_calibration),
     "ort-int8-s8s8": Runtime(lower_ort_int8_s8s8, "ONNX Runtime static QDQ INT8 (S8S8, per-channel weights)",
-                             "quantized", _ORT_STATIC),
+                             "int8-static", _ort_calibration),
     "torch-int8-dynamic": Runtime(lower_torch_int8_dynamic, "PyTorch eager quantize_dynamic INT8 (Linear layers, "
-                                  "activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
+                                  "activations quantized per batch)", "int8-dynamic"),
     "ort-int8-dynamic": Runtime(lower_ort_int8_dynamic, "ONNX Runtime quantize_dynamic INT8 (MatMulInteger, Linear "
-                                "layers, activations quantized per batch)", "quantized", _ptq_mode("dynamic")),
+                                "layers, activations quantized per batch)", "int8-dynamic"),
     "eager-sparse": Runtime(lower_sparse_eager, "PyTorch eager FP32 with torch CSR/BSR Linear layers where measured "
                             "faster than dense", "float", has_sparse_linear),
     # lossy (bf16 activations), so tried by default only on models whose weights are already bf16
@@ -71,15 +66,13 @@ RUNTIMES: dict[str, Runtime] = {
 
 
 def is_int8_model(model: nn.Module) -> bool:
-    """A quantize.ptq result, run by the INT8 runtimes (other quantized forms run on the FP32 ones)."""
-    from ..compress.quantize.ptq import QuantizedModel
-
-    return isinstance(model, QuantizedModel)
+    """A model the INT8 runtimes run (quantize.ptq); other compressed forms run on the FP32 ones."""
+    return runtime_kind(model) != "float"
 
 
 def runtimes_for(model: nn.Module) -> list[str]:
-    """The runtimes that can run ``model``: FP32 ones for float models, INT8 ones for quantized."""
-    kind = "quantized" if is_int8_model(model) else "float"
+    """The runtimes that can run ``model``: those of its runtime kind that apply to it."""
+    kind = runtime_kind(model)
     return [name for name, rt in RUNTIMES.items()
             if rt.accepts == kind and (rt.applies is None or rt.applies(model))]
 
@@ -111,16 +104,17 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
     if task is None:
         raise ConfigError(f"lowering to {runtime!r} needs task= (real example inputs for export and warm-up)")
     rt = RUNTIMES[runtime]
-    kind = "quantized" if is_int8_model(model) else "float"
-    if rt.accepts != kind:
-        fix = ("apply quantize.ptq first" if rt.accepts == "quantized"
+    kind = runtime_kind(model)
+    if rt.accepts != kind and "float" in (rt.accepts, kind):
+        fix = ("apply quantize.ptq first" if kind == "float"
                else "pass the float model, or use one of " + ", ".join(runtimes_for(model)))
-        raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got a {kind} model: {fix}")
-    if kind == "quantized" and rt.applies is not None and not rt.applies(model):
-        raise ConfigError(f"runtime {runtime!r} does not run this quantized model (mode="
-                          f"{getattr(model.config, 'mode', 'static')!r}, calibration="
-                          f"{getattr(model.config, 'calibration', None)!r}): use one of {', '.join(runtimes_for(model))}")
-    _check_fp32(model.float_model if kind == "quantized" else model, runtime)
+        got = "a float model" if kind == "float" else f"a quantized model ({kind})"
+        raise ConfigError(f"runtime {runtime!r} runs {rt.accepts} models but got {got}: {fix}")
+    if kind != "float" and (rt.accepts != kind or (rt.applies is not None and not rt.applies(model))):
+        raise ConfigError(f"runtime {runtime!r} does not run this quantized model (mode={kind.removeprefix('int8-')!r}, "
+                          f"calibration={model.int8_spec().calibration_method!r}): use one of "
+                          f"{', '.join(runtimes_for(model))}")
+    _check_fp32(model if kind == "float" else float_reference(model), runtime)
     threads = check_threads(threads)
     batch_sizes = check_batch_sizes(batch_sizes)
     workdir = Path(workdir)

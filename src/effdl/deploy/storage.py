@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from effdl.core.compressed import CompressedModel
 from effdl.core.errors import ArtifactError, ConfigError, ModelError
 from effdl.core.io import atomic_write
 
@@ -319,13 +320,12 @@ def load_compact(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The tensors that represent ``model`` on disk.
 
-    A model with a ``storage_tensors()`` method (quantized models: int8 weights + scales) supplies
-    them itself; any other model gives its state dict, detached and contiguous. Tied tensors stay
-    one tensor under several names, so :func:`save_compact` stores them once.
+    A ``CompressedModel`` (INT8 weights + scales, packed codes, clusters, ...) supplies them itself
+    (``storage_tensors()``); any other model gives its state dict, detached and contiguous. Tied
+    tensors stay one tensor under several names, so :func:`save_compact` stores them once.
     """
-    hook = getattr(model, "storage_tensors", None)
-    if callable(hook):
-        tensors = hook()
+    if isinstance(model, CompressedModel):
+        tensors = model.storage_tensors()
         if not isinstance(tensors, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
         ):

@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..core.errors import ConfigError, UnsupportedModuleError
-from .lowered import Lowered, as_logits
+from ..core.errors import UnsupportedModuleError
+from .lowered import Lowered, as_logits, int8_spec
 
 _LOWERING_IDS = itertools.count()
 _COMPILE_CHATTER = ("To copy construct from a tensor", "The input of maxpool2d is not quantized")
@@ -137,18 +137,13 @@ def _int8_kernel_counts(before: dict, after: dict) -> dict[str, int]:
 def lower_pt2e_int8(model: nn.Module, *, task, workdir: Path, threads: int, batch_sizes: tuple[int, ...]) -> Lowered:
     from torch._dynamo.utils import counters
 
-    reference = getattr(model, "reference", None)
-    if reference is None:
-        raise ConfigError("pt2e-int8 runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
-    if getattr(model.config, "mode", "static") != "static":
-        raise ConfigError("pt2e-int8 runs quantize.ptq results with mode='static', this one is "
-                          f"mode={model.config.mode!r}: use the torch-int8-dynamic runtime")
+    spec = int8_spec(model, "pt2e-int8", "int8-static", "torch-int8-dynamic")
     before = dict(counters["inductor"])
-    compiled = _Compiled(reference, _examples(task, batch_sizes), threads)
+    compiled = _Compiled(spec.torch_int8, _examples(task, batch_sizes), threads)
     kernels = _int8_kernel_counts(before, dict(counters["inductor"]))
     info = {"threads": threads, "backend": "inductor", "freezing": True, "dynamic": False,
             "compiled_batch_sizes": list(batch_sizes), "compile_s": round(compiled.compile_s, 3),
-            "quantization": model.config.to_dict(), "int8_modules": list(model.quantized_modules),
+            "quantization": spec.settings, "int8_modules": list(spec.quantized_modules),
             "scheme": "X86InductorQuantizer: uint8 per-tensor activations, int8 symmetric weights [-127, 127]",
             # conv/linear ops inductor lowered to oneDNN int8 kernels, summed over the compiled
             # batch sizes (empty would mean the q/dq graph only simulates INT8)
@@ -160,17 +155,11 @@ def lower_torch_int8_dynamic(model: nn.Module, *, task, workdir: Path, threads: 
                              batch_sizes: tuple[int, ...]) -> Lowered:
     """torch ``quantize_dynamic`` (eager): int8 Linear weights, uint8 activations quantized per
     batch at run time by the x86/fbgemm dynamic linear kernels; other layers FP32."""
-    reference = getattr(model, "reference", None)
-    config = getattr(model, "config", None)
-    if reference is None or config is None:
-        raise ConfigError("torch-int8-dynamic runs a quantize.ptq result (QuantizedModel); apply quantize.ptq first")
-    if config.mode != "dynamic":
-        raise ConfigError(f"torch-int8-dynamic runs quantize.ptq results with mode='dynamic', this one is "
-                          f"mode={config.mode!r}: use the pt2e-int8 runtime")
-    info = {"threads": threads, "engine": torch.backends.quantized.engine, "quantization": config.to_dict(),
-            "int8_modules": list(model.quantized_modules),
+    spec = int8_spec(model, "torch-int8-dynamic", "int8-dynamic", "pt2e-int8")
+    info = {"threads": threads, "engine": torch.backends.quantized.engine, "quantization": spec.settings,
+            "int8_modules": list(spec.quantized_modules),
             "scheme": "torch quantize_dynamic: uint8 activations per batch, int8 symmetric weights [-127, 127]"}
-    return Lowered("torch-int8-dynamic", "int8", False, _eager_predict(reference, threads), None, info)
+    return Lowered("torch-int8-dynamic", "int8", False, _eager_predict(spec.torch_int8, threads), None, info)
 
 
 class _Autocast(nn.Module):

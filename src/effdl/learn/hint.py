@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from ..core.errors import ConfigError, suggest
 from ..core.registry import register
+from ..core.compressed import float_reference
 from ..core.forms import refuse_quantized
 from .augment import augment_batch
 from .distill import DistillConfig, check_teachers, distillation_loss, resolve_teachers
@@ -135,7 +136,8 @@ def hint_distill(model: nn.Module, task, cfg: HintConfig, teacher: nn.Module | N
     refuse_quantized(model, "learn.hint")
     teacher = resolve_teachers(cfg, model, task)[0] if teacher is None else teacher
     check_teachers([teacher], model, task)
-    s_taps = _Taps(model, cfg.student_layers, "student")
+    # layers named as in the float model (a share.cluster result wraps it; training trains its centroids)
+    s_taps = _Taps(float_reference(model), cfg.student_layers, "student")
     try:
         t_taps = _Taps(teacher, cfg.teacher_layers, "teacher")
     except ConfigError:

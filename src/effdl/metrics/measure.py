@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..core.forms import is_quantized
+from ..core.compressed import float_reference, runtime_kind
 from ..core.errors import EffdlError
 from ..deploy.storage import model_tensors, save_compact, unique_tensors
 from .energy import estimate_energy
@@ -32,6 +32,8 @@ class Tolerances:
     atol: float = 1e-5
     min_sqnr_db: float = 20.0
     min_top1_agreement: float = 0.99
+    #: embeddings (sentence encoders): every sample's cosine to the source's embedding
+    min_cosine: float = 0.98
 
 
 @dataclass
@@ -57,8 +59,8 @@ class RuntimeResult:
 
 
 def source_model(model: nn.Module) -> nn.Module:
-    """The float model a lowering must agree with (a quantized model's float source)."""
-    return getattr(model, "float_model", model)
+    """The float model a lowering must agree with (a CompressedModel's float reference)."""
+    return float_reference(model)
 
 
 def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
@@ -67,7 +69,7 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
     tensors = model_tensors(model)
     size = save_compact(tensors, path)
     macs = count_macs(src, task.example_input(1))
-    quantized = src is not model
+    quantized = runtime_kind(model) != "float"  # INT8: the energy table's int8 MACs
     weight_bytes = sum(t.numel() * t.element_size() for t in unique_tensors(tensors)[0].values())
     energy = estimate_energy(
         macs["macs_sparse"], precision="int8" if quantized else "fp32",
@@ -84,9 +86,8 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
         "flops": macs["flops"],
         "energy_uj": energy["total_uj"],
         "energy_method": energy.get("method"),
-        # encoded-weight wrappers (weight-only, float formats) hold the layers under .model: name them as the user did
-        "layers": layer_sparsity(src.model if is_quantized(src) and isinstance(getattr(src, "model", None), nn.Module)
-                                 else src),
+        # the float reference's layers, named as the user named them (not under a wrapper's attribute)
+        "layers": layer_sparsity(src),
     }
 
 
@@ -136,6 +137,7 @@ def measure_runtime(
             parity = check_parity(
                 src, lowered, inputs, rtol=tolerances.rtol, atol=tolerances.atol,
                 min_sqnr_db=tolerances.min_sqnr_db, min_top1_agreement=tolerances.min_top1_agreement,
+                min_cosine=tolerances.min_cosine, output_kind=task.output_kind,
             )
     except Exception as exc:
         return RuntimeResult(runtime, "failed", reason=f"parity check failed to run: {_one_line(exc)}")

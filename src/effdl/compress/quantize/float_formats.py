@@ -61,6 +61,12 @@ class FloatFormatModel(EncodedWeightsModel):
             for name in parts:
                 model.get_submodule(name).register_forward_pre_hook(functools.partial(_round_input, config.format))
 
+    @property
+    def weight_format(self) -> str | None:
+        """``config.format``: the converted weights are exactly its values (so the bf16 runtime keeps
+        bf16 ones); None for scaled FP8, whose weights are format values times a float32 scale."""
+        return None if self.config.uses_scale else self.config.format
+
 
 def _encode(w: torch.Tensor, cfg: FloatFormatConfig) -> dict[str, torch.Tensor]:
     w = w.detach().float()

@@ -31,6 +31,7 @@ import pydantic
 import torch
 import torch.nn as nn
 
+from ...core.compressed import Int8Model, Int8Spec
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, DataError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
@@ -96,14 +97,14 @@ class PTQConfig(TechniqueConfig):
         return self
 
 
-class QuantizedModel(nn.Module):
+class QuantizedModel(Int8Model):
     """A float model plus its INT8 twin: the calibrated PT2E q/dq graph (static; ``forward``
     simulates INT8) or torch's dynamic-INT8 model (dynamic; ``forward`` runs its int8 kernels).
 
     Inference only: ``train()`` just records the flag (the exported graph has no training mode).
+    Its float reference is ``float_model``, the prepared (e.g. BN-folded) model every INT8 runtime
+    quantizes.
     """
-
-    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
 
     def __init__(self, float_model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
                  reference: nn.Module, quantized_modules: tuple[str, ...], excluded: tuple[str, ...],
@@ -127,6 +128,21 @@ class QuantizedModel(nn.Module):
     def train(self, mode: bool = True) -> "QuantizedModel":
         self.training = bool(mode)
         return self
+
+    @property
+    def runtime_kind(self) -> str:
+        return f"int8-{self.config.mode}"
+
+    def float_reference(self) -> nn.Module:
+        return self.float_model
+
+    def int8_spec(self) -> Int8Spec:
+        return Int8Spec(
+            settings=self.config.to_dict(), calibration_method=self.config.calibration,
+            percentile=self.config.percentile, per_channel=self.config.weight_granularity == "channel",
+            calibration=tuple(self.calibration), input_ranges=dict(self.input_ranges),
+            quantized_modules=self.quantized_modules,
+            kept_float=tuple(dict.fromkeys(self.excluded + self.float_modules())), torch_int8=self.reference)
 
     def float_modules(self) -> tuple[str, ...]:
         """Conv/Linear modules left in FP32 (excluded, or a type the int8 kernels lack)."""
@@ -187,9 +203,10 @@ def _check_finite(model: nn.Module) -> None:
 
 def _check_calibration(model: nn.Module, calibration: list[torch.Tensor], task) -> None:
     """Finite batches of the task's input shape that the model accepts, or a DataError saying which."""
-    expected = tuple(getattr(task, "input_shape", ()) or ())
+    expected = tuple(task.example_input(1).shape[1:]) if task is not None else ()
+    fixed = [d for d in range(1, len(expected) + 1) if task is not None and d not in task.dynamic_axes]
     for i, x in enumerate(calibration):
-        if expected and tuple(x.shape[1:]) != expected:
+        if expected and (x.dim() != len(expected) + 1 or any(x.shape[d] != expected[d - 1] for d in fixed)):
             raise DataError(
                 f"quantize.ptq: calibration batch {i} has samples of shape {tuple(x.shape[1:])}, expected "
                 f"{expected} (the task's input shape): make the calibration data match the model's inputs"

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.compressed import CompressedModel
 from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError, ConfigError
 from ...core.forms import refuse_quantized
@@ -79,16 +80,17 @@ class WeightOnlyConfig(TechniqueConfig):
             group_size=self.group_size, scale_restriction="pow2" if self.format == "pow2" else "none")
 
 
-class EncodedWeightsModel(nn.Module):
+class EncodedWeightsModel(CompressedModel):
     """A model whose converted weights hold their decoded float values, plus the encoded parts that
     are stored instead (weight-only codes, float formats, binary/ternary signs).
 
-    Inference model: ``forward`` is the wrapped model's (run by decoding: no low-bit kernel here).
+    Inference model: ``forward`` is the wrapped model's (run by decoding: no low-bit kernel here),
+    so it runs on the FP32 runtimes and its float reference is the wrapped model (``.model``).
     ``storage_tensors()`` gives ``<module>.weight.<part>`` for each encoded part (a part named
     ``weight`` is stored as ``<module>.weight`` itself) and every other tensor of the state dict as is.
     """
 
-    effdl_quantized = True  # core.forms: techniques that must come earlier refuse it
+    runtime_kind = "float"
 
     def __init__(self, model: nn.Module, parts: dict[str, dict[str, torch.Tensor]]) -> None:
         super().__init__()
@@ -98,6 +100,9 @@ class EncodedWeightsModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def float_reference(self) -> nn.Module:
+        return self.model
 
     @property
     def quantized_modules(self) -> tuple[str, ...]:

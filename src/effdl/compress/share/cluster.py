@@ -18,8 +18,12 @@ size) of the model stay those of its layers (its zeros are the mask's; its value
 centroids are trained later).
 
 Clustering a layer twice is refused (ConfigError): apply ``share.cluster`` once per layer, with the
-final bits (several steps with disjoint ``layers`` give per-layer bits). The returned model has ``storage_tensors()`` (see ``deep_compression``): "bytes on disk" is the
-size of the codebooks + packed indices (or their Huffman coding when ``huffman`` is on).
+final bits (several steps with disjoint ``layers`` give per-layer bits). The result is a
+``ClusteredModel`` (a ``CompressedModel`` run on the FP32 runtimes) holding the clustered float model
+as ``float_model`` (its float reference; the caller's model keeps its class); its
+``storage_tensors()`` (see ``deep_compression``) make "bytes on disk" the size of the codebooks +
+packed indices (or their Huffman coding when ``huffman`` is on). Training it (``learn.*``) trains
+the centroids; other techniques must come before it (``core.forms``).
 
 Record for the report (``records(model)["share.cluster"]``): ``deep_compression.storage_record``
 (per layer: bits, shared values, sparsity, bytes with and without Huffman) plus ``histogram``: the
@@ -36,6 +40,7 @@ import torch.nn as nn
 from pydantic import Field
 from torch.nn.utils import parametrize
 
+from ...core.compressed import CompressedModel
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
@@ -44,7 +49,8 @@ from ...core.registry import register
 from ...core.scope import is_excluded, match_scopes
 from ..prune.distribution import PRUNABLE
 
-__all__ = ["ClusterConfig", "SharedWeights", "cluster", "clustered_layers", "kmeans_1d", "shared_weights_of"]
+__all__ = ["ClusterConfig", "ClusteredModel", "SharedWeights", "cluster", "clustered_layers", "kmeans_1d",
+           "shared_weights_of"]
 
 INITS = ("linear", "density", "random")
 HIST_BINS = 100  # of the weight histogram in the report's record
@@ -95,9 +101,10 @@ def shared_weights_of(module: nn.Module) -> SharedWeights | None:
 
 
 def clustered_layers(model: nn.Module) -> list[tuple[str, nn.Module, SharedWeights]]:
-    """(name, module, parametrization) of every clustered layer, in module order."""
+    """(name, module, parametrization) of every clustered layer, in module order (a ClusteredModel's
+    layers named as in its float model)."""
     out = []
-    for name, m in model.named_modules():
+    for name, m in unwrap(model).named_modules():
         p = shared_weights_of(m)
         if p is not None:
             out.append((name, m, p))
@@ -182,27 +189,45 @@ def _selected(model: nn.Module, cfg: ClusterConfig) -> list[tuple[str, nn.Module
     return layers
 
 
-def _mark(model: nn.Module) -> None:
-    """Give the model a ``storage_tensors()`` method (a per-instance subclass, as torch's
-    parametrize does for the layers), so measured bytes on disk are the clustered file's."""
-    if isinstance(model, _Clustered):
-        return
-    cls = model.__class__
-    model.__class__ = type(f"Clustered{cls.__name__}", (_Clustered, cls), {})
+class ClusteredModel(CompressedModel):
+    """A share.cluster result: ``float_model`` with its clustered layers (``SharedWeights``
+    parametrizations), stored in the Deep Compression format.
 
+    ``forward`` is the float model's (it computes with the shared values), so it runs on the FP32
+    runtimes and is its own float reference. Trainable: training trains the codebooks, and the
+    stored form (codebooks + indices) stays exact.
+    """
 
-class _Clustered:
+    runtime_kind = "float"
+    trainable = True
+
+    def __init__(self, float_model: nn.Module) -> None:
+        super().__init__()
+        self.float_model = float_model
+
+    def forward(self, *args, **kwargs):
+        return self.float_model(*args, **kwargs)
+
+    def float_reference(self) -> nn.Module:
+        return self.float_model
+
     def storage_tensors(self) -> dict[str, torch.Tensor]:
-        """Non-clustered tensors as in the state dict + one Deep Compression blob of the clustered
-        layers (see ``effdl.compress.share.deep_compression``)."""
+        """Non-clustered tensors as in the float model's state dict + one Deep Compression blob of
+        the clustered layers (see ``effdl.compress.share.deep_compression``)."""
         from .deep_compression import storage_tensors
 
-        return storage_tensors(self)
+        return storage_tensors(self.float_model)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The float model of a ClusteredModel (where its clustered layers live); any other model as is."""
+    return model.float_model if isinstance(model, ClusteredModel) else model
 
 
 @torch.no_grad()
 def refresh(model: nn.Module) -> None:
-    """Copy each clustered layer's current weight into its ``original`` (dense copy)."""
+    """Copy each clustered layer's current weight into its ``original`` (dense copy); ``model``: a
+    ClusteredModel or its float model."""
     for _, m, _ in clustered_layers(model):
         m.parametrizations.weight.original.copy_(m.weight)
 
@@ -221,7 +246,7 @@ def _attach_record(model: nn.Module, new: dict) -> None:
     rec = storage_record(model)
     old = (records(model).get("share.cluster") or {}).get("histogram")
     hist = dict(max((h for h in (old, new) if h), key=lambda h: rec["layers"].get(h["layer"], {}).get("params", -1)))
-    layer = dict(model.named_modules())[hist["layer"]]
+    layer = dict(unwrap(model).named_modules())[hist["layer"]]
     hist["centroids"] = shared_weights_of(layer).codebook.detach().double().tolist()
     attach(model, "share.cluster", {**rec, "histogram": hist})
 
@@ -231,9 +256,13 @@ def _needs(cfg: ClusterConfig) -> str:
 
 
 @register("share.cluster", ClusterConfig, needs=_needs)
-def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
+def cluster(model: nn.Module, cfg: ClusterConfig, task) -> ClusteredModel:
     """Weight sharing: k-means of each layer's non-zero weights into 2**bits values (+ fine-tuning)."""
-    refuse_quantized(model, "share.cluster")
+    # an earlier share.cluster step (other layers: per-layer bits) is extended, not refused
+    out = model if isinstance(model, ClusteredModel) else None
+    if out is None:
+        refuse_quantized(model, "share.cluster")
+    model = unwrap(model)
     layers = _selected(model, cfg)
     plans, hist = [], None
     largest = max(layers, key=lambda nm: nm[1].weight.numel())[0]  # first of the largest on a tie
@@ -256,10 +285,10 @@ def cluster(model: nn.Module, cfg: ClusterConfig, task) -> nn.Module:
     for m, p in plans:
         parametrize.register_parametrization(m, "weight", p, unsafe=True)
         m.parametrizations.weight.original.requires_grad_(False)  # never read: keep it out of training
-    _mark(model)
-    refresh(model)
+    out = ClusteredModel(model) if out is None else out
+    refresh(out)
     if cfg.finetune_epochs > 0:
         task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
-        refresh(model)
-    _attach_record(model, hist)
-    return model.eval()
+        refresh(out)
+    _attach_record(out, hist)
+    return out.eval()

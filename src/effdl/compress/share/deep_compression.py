@@ -35,7 +35,7 @@ from ...core.errors import ArtifactError, ConfigError
 from ...core.io import load_state_into
 from ...deploy.storage import load_compact, model_tensors, save_compact
 from . import huffman as hf
-from .cluster import SharedWeights, clustered_layers
+from .cluster import SharedWeights, clustered_layers, unwrap
 
 __all__ = ["BLOB_KEY", "decode_blob", "encode_layer", "load_deep_compressed", "save_deep_compressed", "storage_record",
            "storage_tensors"]
@@ -172,7 +172,9 @@ def storage_record(model: nn.Module) -> dict:
 
 
 def storage_tensors(model: nn.Module, huffman: bool | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of the Deep Compression file: unclustered state-dict entries + the container."""
+    """The tensors of the Deep Compression file: unclustered state-dict entries (of a ClusteredModel's
+    float model) + the container."""
+    model = unwrap(model)
     layers = _clustered(model)
     prefixes = tuple(f"{n}.parametrizations.weight." if n else "parametrizations.weight." for n, _, _ in layers)
     inside = {f"{n}.bias" if n else "bias" for n, m, _ in layers if _bias(m) is not None}
