@@ -162,7 +162,15 @@ def _quantize_onnx(model: nn.Module, spec: Int8Spec, task, workdir: Path, tag: s
             with contextlib.redirect_stdout(io.StringIO()), _collect_root_logging(notes):
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-                quant_pre_process(str(float_path), str(pre))
+                # ORT's symbolic shape inference dumps its model into the working directory when it
+                # cannot resolve a shape: work inside the temporary directory
+                with contextlib.chdir(tmp):
+                    try:
+                        quant_pre_process(str(float_path), str(pre), auto_merge=True)
+                    except Exception:  # noqa: BLE001 - symbolic inference gives up on some dynamic
+                        # sequence graphs (attention reshapes); it only serves graph optimisation here
+                        notes.append("symbolic shape inference incomplete: pre-processed without it")
+                        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
                 quantize(pre, staged, exclude_nodes)
         except Exception as exc:  # ORT's quantizer raises many types
             raise UnsupportedModuleError(
