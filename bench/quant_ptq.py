@@ -90,7 +90,7 @@ def bench_accuracy(model_name: str, data_name: str, variants: dict, log) -> dict
 
     task = zoo_task(model_name, data_name)
     base = accuracy(task.model, task)
-    x = torch.cat([xb for xb, _ in task.loader("val", 256)])
+    x = torch.cat([xb for xb, _ in task.batches("val", 256)])
     with torch.no_grad():
         ref = task.model(x)
     rows = []
