@@ -90,7 +90,7 @@ def _text_task(model: str, data: str, *, eval_limit: int | None, seed: int) -> T
     tm = load_text_model(model, head=head) if head else load_text_model(model)
     if tm.arch != _TEXT_KINDS[text.kind]:
         want = _TEXT_KINDS[text.kind]
-        raise DataError(f"--data {data!r} ({text.kind}) needs a text {want}, but {model} is a {tm.arch}: "
+        raise DataError(f"--data {data!r} ({text.kind}) needs a text {want}, but {model} is {'an' if tm.arch == 'encoder' else 'a'} {tm.arch}: "
                         + ("use an encoder such as zoo:minilm" if want == "encoder"
                            else "use a causal language model such as zoo:smollm2-135m"))
     seq_len = min(defaults["seq_len"], tm.max_length) if tm.max_length else defaults["seq_len"]
