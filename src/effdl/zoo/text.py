@@ -83,6 +83,9 @@ def load_text_model(spec: str, *, head: str | None = None, allow_pickle: bool = 
     """
     if not isinstance(spec, str):
         raise ModelError(f"text model spec must be a string, got {type(spec).__name__}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-load weight bar is noise in effdl's own progress display
     if spec.startswith("zoo:"):
         name = spec[len("zoo:"):]
         if name == "minilm":
