@@ -28,7 +28,6 @@ from typing import Literal
 import pydantic
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError, ConfigError
@@ -182,8 +181,8 @@ def _hessian_traces(model, task, layers, cfg: MixedConfig) -> dict[str, float]:
     model.eval()
     traces = [0.0] * len(weights)
     batches = 0
-    for x, y in task.loader("train", shuffle=True):
-        loss = F.cross_entropy(model(x.float()), y.long())
+    for x, y in task.batches("train", shuffle=True):
+        loss = task.loss(model, x, y)
         grads = torch.autograd.grad(loss, weights, create_graph=True)
         for _ in range(cfg.hutchinson_samples):
             vs = [torch.randint(0, 2, w.shape, generator=gen).float() * 2 - 1 for w in weights]

@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from ...core.compressed import float_reference
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
 from ...core.records import attach
@@ -246,7 +247,7 @@ def histogram_record(errors: dict[str, torch.Tensor], bins: int = 31) -> dict[st
 def quant_error_hist(reference: nn.Module, quantized: nn.Module, bins: int = 31) -> dict[str, dict]:
     """Histogram of (quantized - float) weights of every Conv/Linear layer that differs; works for any
     weight-quantized model (WeightOnlyModel, quantize.binary/ternary, mixed) against its float source."""
-    inner = getattr(quantized, "model", quantized)
+    inner = float_reference(quantized)  # an encoded-weights model keeps its decoded layers there
     ref = dict(reference.named_modules())
     out = {}
     for name, m in inner.named_modules():
@@ -299,7 +300,7 @@ def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
     layers = target_layers(model, cfg.exclude, cfg.keep_first_last)
     if not layers:
         raise ConfigError("quantize.qat: no Conv/Linear layer left to quantize; check exclude / keep_first_last")
-    steps_per_epoch = len(task.loader("train"))
+    steps_per_epoch = task.steps_per_epoch()
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     freeze_step = math.floor(cfg.freeze_after * total)
     mse: dict[str, list[float]] = {n: [] for n, _ in layers}
@@ -335,7 +336,7 @@ def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
             if step == freeze_step:
                 freeze()
             step += 1
-            return F.cross_entropy(m(x), y)
+            return task.loss(m, x, y)
 
         task.train(model, epochs=cfg.epochs, lr=cfg.lr, loss_fn=loss_fn)
         for n, v in _mse(layers).items():  # the end of the last (possibly partial) epoch
