@@ -24,6 +24,10 @@ from .footprint import count_nonzero, count_params, dense_fp32_bytes, gzip_size,
 from .latency import measure_latency, peak_memory
 
 
+#: files larger than this get no gzip size (see static_footprint)
+GZIP_MAX_BYTES = 64 * 1024**2
+
+
 @dataclass(frozen=True)
 class Tolerances:
     """Parity thresholds (REFERENCE: lossless rtol 1e-3 / atol 1e-5; INT8 >= 20 dB and >= 99% top-1)."""
@@ -79,7 +83,8 @@ def static_footprint(model: nn.Module, task, path: Path) -> dict[str, Any]:
         "params": count_params(src),
         "nonzero_params": count_nonzero(src),
         "size_bytes": int(size),
-        "size_bytes_gzip": gzip_size(path),
+        # gzip -9 of hundreds of MB of float weights takes minutes and says little: above the limit, None
+        "size_bytes_gzip": gzip_size(path) if int(size) <= GZIP_MAX_BYTES else None,
         "size_bytes_dense_fp32": dense_fp32_bytes(src),
         "macs": macs["macs"],
         "macs_sparse": macs["macs_sparse"],
