@@ -109,6 +109,7 @@ def optimize(
                                               "(default 32; 4 for language models, whose batches are long sequences)"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="text tasks: evaluate on at most this many "
                                              "examples (pairs, texts or windows) per validation/test split"),
+    repeats: int = typer.Option(30, "--repeats", help="timed calls per runtime and batch size (after warm-up)"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
     _steady_allocator()
@@ -123,12 +124,12 @@ def optimize(
     goal = Goal(metric=metric, higher_is_better=higher_is_better, max_drop=max_drop, relative=relative_drop,
                 target=target, batch_size=batch_size, latency_tie=latency_tie)
     rts = tuple(runtimes.split(",")) if runtimes else None
-    MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch or 32)
+    MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch or 32, repeats=repeats)
     listed = load_candidates(candidates) if candidates is not None else None
     task = _task(model, data, weights, allow_pickle, eval_limit=eval_limit)
     if large_batch is None:
         large_batch = 4 if task.kind == "causal-lm" else 32
-    settings = MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch)
+    settings = MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch, repeats=repeats)
     goal = goal.resolve(task)
     specs = listed if listed is not None else candidates_for(strategy, task=task)
     provenance = Provenance(command="effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:]), model=model, data=data)
