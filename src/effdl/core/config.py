@@ -32,6 +32,9 @@ class TechniqueConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid", validate_default=True)
     #: the registered dotted name, set by ``register``.
     technique: ClassVar[str] = ""
+    #: bumped when a field's meaning changes; stored as "version" by to_dict and checked on load
+    #: (core.registry.config_from_dict) so an older effdl refuses a newer recipe step
+    config_version: ClassVar[int] = 1
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -40,8 +43,8 @@ class TechniqueConfig(pydantic.BaseModel):
             raise ConfigError(_explain(type(self), exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """{'technique': name, **fields} — what recipes store."""
-        return {"technique": self.technique, **self.model_dump(mode="json")}
+        """{'technique': name, 'version': config_version, **fields} — what recipes store."""
+        return {"technique": self.technique, "version": self.config_version, **self.model_dump(mode="json")}
 
     def short(self) -> str:
         """Compact human label, e.g. ``prune.magnitude(sparsity=0.8)`` (non-default fields only)."""

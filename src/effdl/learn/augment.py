@@ -160,7 +160,7 @@ def augment_batch(cfg: AugmentFields, x: torch.Tensor, y: torch.Tensor, num_clas
     return x, targets
 
 
-@register("learn.augment", AugmentConfig, needs="training", tasks=("classification",))
+@register("learn.augment", AugmentConfig, needs="training", tasks=("classification",), models=("cnn", "mlp"), example=lambda: AugmentConfig(epochs=0.25))
 def augment(model: nn.Module, cfg: AugmentConfig, task) -> nn.Module:
     """Train on augmented batches (shift, cutout, mixup, cutmix) with soft (optionally smoothed) targets."""
     refuse_quantized(model, "learn.augment")

@@ -181,7 +181,7 @@ def distill_with(model: nn.Module, task, cfg: DistillConfig, teachers: nn.Module
                       keep_sparsity=True)
 
 
-@register("learn.distill", DistillConfig, needs="training")
+@register("learn.distill", DistillConfig, needs="training", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: DistillConfig(epochs=0.25))
 def distill(model: nn.Module, cfg: DistillConfig, task) -> nn.Module:
     """Logit distillation with temperature T and weight alpha (loss scaled by T^2); teacher ensembles average probabilities."""
     return distill_with(model, task, cfg)

@@ -166,7 +166,7 @@ def finetune(model: nn.Module, task, cfg: SimCLRConfig) -> nn.Module:
     return model.eval()
 
 
-@register("learn.simclr", SimCLRConfig, needs="training", tasks=("classification",))
+@register("learn.simclr", SimCLRConfig, needs="training", tasks=("classification",), models=("cnn", "mlp"), example=lambda: SimCLRConfig(epochs=0.25, batch_size=64, projection_dim=8, finetune_steps=1))
 def simclr(model: nn.Module, cfg: SimCLRConfig, task) -> nn.Module:
     """SimCLR pre-training (NT-Xent on two views of unlabelled train images), then fine-tuning with few labels."""
     refuse_quantized(model, "learn.simclr")

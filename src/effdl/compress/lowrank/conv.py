@@ -149,7 +149,7 @@ def _run(model, cfg, task, technique: str, accept, plan) -> nn.Module:
     return decompose(model, cfg, task, technique, (nn.Conv2d,), factorize, accept=accept)
 
 
-@register("lowrank.tucker", TuckerConfig, needs=needs)
+@register("lowrank.tucker", TuckerConfig, needs=needs, models=("cnn",), example=lambda: TuckerConfig(n_iter=5))
 def tucker(model: nn.Module, cfg: TuckerConfig, task) -> nn.Module:
     """Tucker-2 decomposition of Conv2d kernels: 1x1, smaller kxk, 1x1."""
     def plan(name, m):
@@ -172,7 +172,7 @@ def cp_max_rank(shape) -> int:
     return math.prod(sorted(shape)[:-1])
 
 
-@register("lowrank.cp", CPConfig, needs=needs)
+@register("lowrank.cp", CPConfig, needs=needs, models=("cnn",), example=lambda: CPConfig(n_iter=5))
 def cp(model: nn.Module, cfg: CPConfig, task) -> nn.Module:
     """CP decomposition of Conv2d kernels: 1x1, kx1 depthwise, 1xk depthwise, 1x1."""
     def plan(name, m):
@@ -185,7 +185,7 @@ def cp(model: nn.Module, cfg: CPConfig, task) -> nn.Module:
     return _run(model, cfg, task, "lowrank.cp", _spatial_only, plan)
 
 
-@register("lowrank.spatial_svd", SpatialSVDConfig, needs=needs)
+@register("lowrank.spatial_svd", SpatialSVDConfig, needs=needs, models=("cnn",))
 def spatial_svd(model: nn.Module, cfg: SpatialSVDConfig, task) -> nn.Module:
     """Spatial SVD of Conv2d kernels: a kx1 conv then a 1xk conv."""
     def plan(name, m):

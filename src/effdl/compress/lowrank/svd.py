@@ -117,7 +117,7 @@ def _needs(cfg: SVDConfig) -> str:
     return "calibration" if cfg.rank == "sensitivity" and cfg.finetune_epochs == 0 else needs(cfg)
 
 
-@register("lowrank.svd", SVDConfig, needs=_needs)
+@register("lowrank.svd", SVDConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"))
 def svd(model: nn.Module, cfg: SVDConfig, task) -> nn.Module:
     """Truncated-SVD factorization of Linear layers into two thinner Linears."""
     allocated, extra = _allocated_ranks(model, cfg, task) if cfg.rank == "sensitivity" else ({}, {})

@@ -89,7 +89,7 @@ def _modes(cfg: TTConfig, name: str, m: nn.Linear) -> tuple[tuple[int, ...], tup
     return tuple(outs), tuple(ins)
 
 
-@register("lowrank.tt", TTConfig, needs=needs)
+@register("lowrank.tt", TTConfig, needs=needs, models=("cnn", "mlp", "encoder", "decoder"))
 def tt(model: nn.Module, cfg: TTConfig, task) -> nn.Module:
     """Tensor-train (TT-SVD) decomposition of Linear layers."""
 

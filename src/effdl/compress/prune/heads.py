@@ -179,7 +179,7 @@ def plan(scores: list[torch.Tensor], ratio: float, scope: str) -> list[list[int]
     return [sorted(k) for k in keep]
 
 
-@register("prune.heads", HeadPruneConfig, needs=_needs)
+@register("prune.heads", HeadPruneConfig, needs=_needs, models=("encoder",), example=lambda: HeadPruneConfig(batches=1))
 def prune_heads(model: nn.Module, cfg: HeadPruneConfig, task) -> nn.Module:
     """Remove attention heads by l1/taylor/random saliency; q/k/v/output projections shrink."""
     refuse_quantized(model, "prune.heads")

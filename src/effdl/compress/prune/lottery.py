@@ -158,7 +158,7 @@ def lottery_history(model: nn.Module) -> dict[str, Any]:
     return hist
 
 
-@register("prune.lottery", LotteryConfig, needs="training")
+@register("prune.lottery", LotteryConfig, needs="training", models=("cnn", "mlp"), example=lambda: LotteryConfig(rounds=1, epochs=0.25))
 def lottery(model: nn.Module, cfg: LotteryConfig, task) -> nn.Module:
     """Lottery-ticket search: iterative magnitude pruning with rewinding (init or early step k)."""
     final, history = find_ticket(model, task, cfg)

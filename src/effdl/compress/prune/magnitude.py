@@ -63,7 +63,7 @@ def prune_to(model: nn.Module, sparsity: float, scope: str = "global", exclude=(
     return {n: s for n, s in layer_sparsity(model).items() if n in masks}
 
 
-@register("prune.magnitude", MagnitudeConfig, needs=_needs)
+@register("prune.magnitude", MagnitudeConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"))
 def magnitude(model: nn.Module, cfg: MagnitudeConfig, task) -> nn.Module:
     """Unstructured magnitude pruning (global or per-layer, one-shot or iterative)."""
     return prune_weights(model, cfg.as_weights(), task)

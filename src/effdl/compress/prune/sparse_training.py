@@ -206,7 +206,7 @@ def sparse_train(model: nn.Module, task, cfg: SparseTrainingConfig,
     return model, masks
 
 
-@register("prune.sparse_training", SparseTrainingConfig, needs="training")
+@register("prune.sparse_training", SparseTrainingConfig, needs="training", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: SparseTrainingConfig(epochs=0.25, update_every=1))
 def sparse_training(model: nn.Module, cfg: SparseTrainingConfig, task) -> nn.Module:
     """Sparse training from scratch at fixed sparsity (SET / RigL regrowth, ERK or uniform)."""
     model, _ = sparse_train(model, task, cfg)

@@ -189,7 +189,7 @@ def check_forward(model: nn.Module, example: torch.Tensor, expected: torch.Size)
                                      "protect the output layer")
 
 
-@register("prune.channels", ChannelPruneConfig, needs=_channel_needs)
+@register("prune.channels", ChannelPruneConfig, needs=_channel_needs, models=("cnn", "mlp", "encoder"), example=lambda: ChannelPruneConfig(batches=1))
 def prune_channels(model: nn.Module, cfg: ChannelPruneConfig, task) -> nn.Module:
     """Structured channel/neuron pruning with physical surgery (Torch-Pruning dependency graph)."""
     refuse_quantized(model, "prune.channels")
@@ -270,7 +270,10 @@ def residual_blocks(model: nn.Module, example: torch.Tensor) -> list[str]:
         with torch.no_grad():
             for p in zeroed.parameters():
                 p.zero_()
-            z = zeroed(x)
+            try:
+                z = zeroed(x)
+            except Exception:  # needs more than its input (e.g. a decoder layer's position embeddings)
+                continue
         if z.abs().sum() > 0 and any(torch.allclose(z, f(x), atol=1e-5) for f in (lambda t: t, F.relu, F.relu6)):
             found.append(name)
     return [n for n in found if not any(o != n and o.startswith(n + ".") for o in found)]
@@ -293,7 +296,7 @@ def block_impacts(model: nn.Module, blocks: list[str], batches, loss=None) -> di
     return impact
 
 
-@register("prune.layers", LayerPruneConfig, needs=_layer_needs)
+@register("prune.layers", LayerPruneConfig, needs=_layer_needs, models=(), example=lambda: LayerPruneConfig(num_blocks=1, batches=1))
 def prune_layers(model: nn.Module, cfg: LayerPruneConfig, task) -> nn.Module:
     """Remove the residual blocks whose removal costs least (validation loss or weight-norm proxy)."""
     refuse_quantized(model, "prune.layers")

@@ -111,7 +111,7 @@ class _Pruner:
         masklib.update(self.model, new, monotone=True)
 
 
-@register("prune.weights", WeightPruneConfig, needs=_needs)
+@register("prune.weights", WeightPruneConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"))
 def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
     """Weight pruning (unstructured, N:M, blocks; any saliency, distribution and schedule)."""
     refuse_quantized(model, cfg.technique)

@@ -178,13 +178,13 @@ def _needs(cfg: _ExtremeConfig) -> str:
     return "training" if cfg.epochs > 0 else "nothing"
 
 
-@register("quantize.binary", BinaryConfig, needs=_needs)
+@register("quantize.binary", BinaryConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"), example=lambda: BinaryConfig(epochs=0.25))
 def binary(model: nn.Module, cfg: BinaryConfig, task=None) -> ExtremeQuantModel:
     """1-bit weights sign(w) * per-channel mean|w| (XNOR-Net), STE-trained; stored 1 bit + a scale per channel."""
     return _run(model, cfg, task, "binary")
 
 
-@register("quantize.ternary", TernaryConfig, needs=_needs)
+@register("quantize.ternary", TernaryConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"), example=lambda: TernaryConfig(epochs=0.25))
 def ternary(model: nn.Module, cfg: TernaryConfig, task=None) -> ExtremeQuantModel:
     """Ternary weights {-a, 0, +a} (TWN, delta = 0.7 mean|w|), STE-trained; stored 2 bits + a scale per channel."""
     return _run(model, cfg, task, "ternary")

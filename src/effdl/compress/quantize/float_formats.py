@@ -82,7 +82,7 @@ def _decode(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return w * parts["scale"] if "scale" in parts else w
 
 
-@register("quantize.float", FloatFormatConfig, needs="nothing")
+@register("quantize.float", FloatFormatConfig, needs="nothing", models=("cnn", "mlp", "encoder", "decoder"))
 def quantize_float(model: nn.Module, cfg: FloatFormatConfig, task=None) -> FloatFormatModel:
     """FP16 / BF16 / FP8 (E4M3, E5M2) weights, optionally inputs; stored in the real dtype."""
     refuse_quantized(model, "quantize.float")

@@ -160,15 +160,16 @@ def _quantized_weight(w: torch.Tensor, bits: int, cfg: MixedConfig) -> tuple[dic
 
 
 @torch.no_grad()
-def _val_drops(model, task, layers, cfg: MixedConfig, metric: str = "accuracy") -> dict[str, dict[int, float]]:
-    base = task.evaluate(model, "val")[metric]
+def _val_drops(model, task, layers, cfg: MixedConfig) -> dict[str, dict[int, float]]:
+    metric = task.metric  # the task's primary metric and direction (accuracy, Spearman, perplexity)
+    base = task.evaluate(model, "val")[metric.name]
     out = {}
     for name, m in layers:
         original = m.weight.detach().clone()
         out[name] = {}
         for b in cfg.choices:
             m.weight.copy_(_quantized_weight(original, b, cfg)[1])
-            out[name][b] = float(base - task.evaluate(model, "val")[metric])
+            out[name][b] = float(metric.drop(base, task.evaluate(model, "val")[metric.name]))
         m.weight.copy_(original)
     return out
 
@@ -207,7 +208,7 @@ def _hessian_sens(model, task, layers, cfg: MixedConfig) -> tuple[dict[str, dict
 
 
 # -- the technique -----------------------------------------------------------------------------
-@register("quantize.mixed", MixedConfig, needs="calibration")
+@register("quantize.mixed", MixedConfig, needs="calibration", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: MixedConfig(choices=(4, 8), budget_bits_per_weight=6.0, keep_first_last=False, num_batches=1))
 def mixed(model: nn.Module, cfg: MixedConfig, task) -> MixedPrecisionModel:
     """Per-layer weight widths (e.g. 2/4/8 bits) from measured sensitivity under a size budget; packed weight-only."""
     refuse_quantized(model, "quantize.mixed")
@@ -236,7 +237,7 @@ def mixed(model: nn.Module, cfg: MixedConfig, task) -> MixedPrecisionModel:
             m.weight.copy_(value)
     out = MixedPrecisionModel(model, cfg, parts, bits)
     attach(out, "quant_sensitivity", {
-        "measure": cfg.measure, "metric": "accuracy" if cfg.measure == "val_drop" else "hessian proxy",
+        "measure": cfg.measure, "metric": task.metric.name if cfg.measure == "val_drop" else "hessian proxy",
         "budget": budget, "cost": sum(costs[n][bits[n]] for n in bits),
         "unit": "bytes" if cfg.budget_bytes is not None else "bits",
         "layers": {n: {"params": m.weight.numel(), "bits": bits[n], "fixed": n in ends,

@@ -477,7 +477,7 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
     return converted, _int8_modules(converted, rewritten)
 
 
-@register("quantize.ptq", PTQConfig, needs="calibration")
+@register("quantize.ptq", PTQConfig, needs="calibration", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: PTQConfig(num_batches=1, batch_size=8))
 def ptq(model: nn.Module, config: PTQConfig, task) -> QuantizedModel:
     """Post-training static INT8 (per-channel int8 weights, uint8 activations), real-batch calibrated."""
     return quantize_int8(model, config, task)

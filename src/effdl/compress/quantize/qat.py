@@ -291,7 +291,7 @@ def _fake_quantized(layers, cfg: QATConfig):
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
 
 
-@register("quantize.qat", QATConfig, needs="training")
+@register("quantize.qat", QATConfig, needs="training", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: QATConfig(epochs=0.25, num_batches=1))
 def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
     """Quantization-aware training (fake quant + STE, optional LSQ scales); INT8 via PTQ or packed weight-only."""
     refuse_quantized(model, "quantize.qat")

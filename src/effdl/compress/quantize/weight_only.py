@@ -217,7 +217,7 @@ def encode_layers(model: nn.Module, cfg, encode, decode) -> dict[str, dict[str, 
     return parts
 
 
-@register("quantize.weights", WeightOnlyConfig, needs="nothing")
+@register("quantize.weights", WeightOnlyConfig, needs="nothing", models=("cnn", "mlp", "encoder", "decoder"))
 def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig, task=None) -> WeightOnlyModel:
     """Weight-only quantization (2-8 bit uniform/pow2/log2/codebook); stored bit-packed, runs dequantized."""
     refuse_quantized(model, "quantize.weights")

@@ -255,7 +255,7 @@ def _needs(cfg: ClusterConfig) -> str:
     return "training" if cfg.finetune_epochs > 0 else "nothing"
 
 
-@register("share.cluster", ClusterConfig, needs=_needs)
+@register("share.cluster", ClusterConfig, needs=_needs, models=("cnn", "mlp", "encoder", "decoder"), example=lambda: ClusterConfig(iters=5))
 def cluster(model: nn.Module, cfg: ClusterConfig, task) -> ClusteredModel:
     """Weight sharing: k-means of each layer's non-zero weights into 2**bits values (+ fine-tuning)."""
     # an earlier share.cluster step (other layers: per-layer bits) is extended, not refused
