@@ -186,7 +186,7 @@ def hint_distill(model: nn.Module, task, cfg: HintConfig, teacher: nn.Module | N
     return model.eval(), history
 
 
-@register("learn.hint", HintConfig, needs="training", tasks=("classification",), models=("cnn", "mlp"), example=lambda: HintConfig(student_layers=("1",), teacher_layers=("1",), epochs=0.25))
+@register("learn.hint", HintConfig, needs="training", tasks=("classification",), models=("cnn",), example=lambda: HintConfig(student_layers=("layers.0",), teacher_layers=("layers.0",), epochs=0.25))
 def hint(model: nn.Module, cfg: HintConfig, task) -> nn.Module:
     """Feature distillation: FitNets hints with learned adapters, or attention transfer, plus logit distillation."""
     return hint_distill(model, task, cfg)[0]

@@ -42,13 +42,13 @@ def _subsets(splits, seed: int):
     return out
 
 
-def _image_task(data: str, arch: str, seed: int) -> Task:
+def _image_task(data: str, arch: str, seed: int, **knobs) -> Task:
     from ..core.tasks import Classification
     from ..zoo import build
 
     splits = _splits(data)
     torch.manual_seed(seed)
-    model = build(arch, input_shape=tuple(splits.input_shape), num_classes=splits.num_classes).eval()
+    model = build(arch, input_shape=tuple(splits.input_shape), num_classes=splits.num_classes, **knobs).eval()
     train, val, test = _subsets(splits, seed)
     return Classification(model, train, val, test, num_classes=splits.num_classes, batch_size=64, seed=seed)
 
@@ -108,7 +108,8 @@ def _decoder_task(seed: int) -> Task:
 def model_kind(kind: str, *, seed: int = 0) -> Task:
     """A tiny task of model ``kind`` (one of MODEL_KINDS) with a fresh random-weight model.
 
-    - "cnn": LeNet-5 on 256/64/64 MNIST images (Classification)
+    - "cnn": a half-width ResNet-8 (20k parameters; residual blocks, BatchNorm) on 256/64/64 MNIST
+      images (Classification)
     - "mlp": the zoo MLP on 256/64/64 scikit-learn digits (Classification)
     - "encoder": a 2-layer, 32-wide BERT (MiniLM's tokenizer) in a SentenceEncoder, on 24/8/8 STS-B
       pairs at 16 tokens (SentenceEmbedding)
@@ -116,7 +117,9 @@ def model_kind(kind: str, *, seed: int = 0) -> Task:
       of 32 tokens of Jane Austen (CausalLM)
     """
     if kind == "cnn":
-        return _image_task("mnist", "lenet5", seed)
+        # a residual CNN rather than LeNet-5: it also exercises block removal, BatchNorm folding and
+        # channel pruning across skip connections
+        return _image_task("mnist", "resnet8", seed, width=0.5)
     if kind == "mlp":
         return _image_task("digits", "mlp", seed)
     if kind == "encoder":

@@ -296,7 +296,7 @@ def block_impacts(model: nn.Module, blocks: list[str], batches, loss=None) -> di
     return impact
 
 
-@register("prune.layers", LayerPruneConfig, needs=_layer_needs, models=(), example=lambda: LayerPruneConfig(num_blocks=1, batches=1))
+@register("prune.layers", LayerPruneConfig, needs=_layer_needs, models=("cnn",), example=lambda: LayerPruneConfig(num_blocks=1, batches=1))
 def prune_layers(model: nn.Module, cfg: LayerPruneConfig, task) -> nn.Module:
     """Remove the residual blocks whose removal costs least (validation loss or weight-norm proxy)."""
     refuse_quantized(model, "prune.layers")
