@@ -79,7 +79,7 @@ def recipe_text(recipe: Any) -> str:
         if not isinstance(step, dict):
             steps.append(esc(_compact(step)))
             continue
-        args = ", ".join(f"{k}={_compact(v)}" for k, v in step.items() if k != "technique")
+        args = ", ".join(f"{k}={_compact(v)}" for k, v in step.items() if k not in ("technique", "version"))
         steps.append(esc(f"{step.get('technique', '?')}({args})"))
     return " + ".join(steps)
 
