@@ -60,7 +60,7 @@ def test_storage_is_packed_codes_plus_scales(digits_task, cfg, bits, tmp_path):
     levels = (w / q.parts["3"]["alpha"][:, None]).round()
     assert torch.allclose(w, levels * q.parts["3"]["alpha"][:, None]) and set(levels.unique().tolist()) <= {-1.0, 0.0, 1.0}
     hist = records(q)["quant_error_hist"]
-    assert sum(hist["1"]["weights"]) == 64 * 64
+    assert sum(hist.layers["1"].weights) == 64 * 64
 
 
 def test_first_and_last_layers_stay_fp32_by_default(digits_task):

@@ -19,7 +19,7 @@ from effdl.compress.share import ClusterConfig, ClusteredModel, clustered_layers
 from effdl.core.compressed import CompressedModel, Int8Model, float_reference, runtime_kind, weight_format
 from effdl.core.errors import ConfigError, ModelError
 from effdl.core.forms import is_quantized
-from effdl.core.records import attach, records
+from effdl.core.records import Record, attach, records
 from effdl.deploy.runtimes import runtimes_for
 from effdl.deploy.storage import load_compact, model_tensors, save_compact
 from effdl.metrics.measure import source_model
@@ -116,20 +116,25 @@ def test_a_plain_model_is_its_own_reference(digits_task):
     assert set(model_tensors(model)) == set(model.state_dict())
 
 
+class EarlierStep(Record):
+    key = "test.earlier_step"
+    kept: bool
+
+
 def test_cluster_wraps_instead_of_rewriting_the_class(digits_task):
     model = copy.deepcopy(digits_task.model)
     cls = type(model)
-    attach(model, "earlier.step", {"kept": True})  # a record of a step before clustering
+    attach(model, EarlierStep(kept=True))  # a record of a step before clustering
     out = effdl.apply(model, ClusterConfig(bits=3, layers=("1",)), inplace=True)
     assert type(model) is cls and type(out) is ClusteredModel and out.float_model is model
     assert [n for n, _, _ in clustered_layers(out)] == ["1"]  # named as in the float model
     rec = records(out)
-    assert rec["earlier.step"] == {"kept": True} and set(rec["share.cluster"]["layers"]) == {"1"}
+    assert rec["test.earlier_step"] == EarlierStep(kept=True) and set(rec["share.cluster"].layers) == {"1"}
     # a second step on other layers extends the same form (per-layer bits)
     both = effdl.apply(out, ClusterConfig(bits=2, layers=("3",)))
     assert type(both) is ClusteredModel and type(both.float_model) is cls
     assert {n: p.codebook.numel() for n, _, p in clustered_layers(both)} == {"1": 8, "3": 4}
-    assert set(records(both)["share.cluster"]["layers"]) == {"1", "3"}
+    assert set(records(both)["share.cluster"].layers) == {"1", "3"}
 
 
 def test_a_clustered_model_trains_but_refuses_rewrites(digits_task):

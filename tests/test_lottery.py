@@ -100,7 +100,7 @@ def test_random_reinit_control_differs_and_history_attached(task):
 
     out = effdl.apply(task, LotteryConfig(rate=0.2, rounds=1, epochs=0.5, lr=3e-3))
     h = lottery_history(out)
-    assert [row["round"] for row in h["rounds"]] == [0, 1]
+    assert [row.round for row in h.rounds] == [0, 1]
     assert "_effdl_lottery_history" not in str(list(out.state_dict()))
     with pytest.raises(ConfigError, match="no lottery history"):
         lottery_history(task.model)

@@ -104,16 +104,16 @@ def test_parameter_counts_hand_computed():
     for cfg, expect, ranks in cases:
         out = effdl.apply(x, cfg)
         assert sum(p.numel() for p in out.parameters()) == expect, cfg
-        info = records(out)[cfg.technique]["layers"]["0"]
-        assert info["params_before"] == 1168 and info["params_after"] == expect
-        assert {k: info[k] for k in ranks} == ranks
+        info = records(out)[cfg.technique].layers["0"]
+        assert info.params_before == 1168 and info.params_after == expect
+        assert {k: getattr(info, k) for k in ranks} == ranks
 
 
 def test_layers_that_would_not_shrink_are_skipped():
     # Tucker at ranks (6, 8) on a 6->8 3x3 conv: 36 + 432 + 64 = 532 >= 432 weights
     out = effdl.apply(nn.Sequential(_conv(k=3)), lowrank.Tucker(rank="ratio", ratio=1.0))
     rec = records(out)["lowrank.tucker"]
-    assert rec["layers"] == {} and "does not reduce parameters (532 >= 432 weights)" in rec["skipped"]["0"]
+    assert rec.layers == {} and "does not reduce parameters (532 >= 432 weights)" in rec.skipped["0"]
     assert isinstance(out[0], nn.Conv2d)
 
 
@@ -121,7 +121,7 @@ def test_grouped_and_pointwise_convs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3))
     out = effdl.apply(model, lowrank.CP(rank=4, keep_last=False))
-    skipped = records(out)["lowrank.cp"]["skipped"]
+    skipped = records(out)["lowrank.cp"].skipped
     assert "groups=4" in skipped["0"] and "1x1" in skipped["1"] and isinstance(out[2], lowrank.Factorized)
     with pytest.raises(UnsupportedModuleError, match=r"cannot decompose '0' \(Conv2d\): grouped conv \(groups=4\)"):
         effdl.apply(model, lowrank.Tucker(rank=2, layers=("0",)))
@@ -168,8 +168,8 @@ def test_tucker_ranks_are_clipped_to_what_the_core_can_hold():
     # R_in * 1 * 1 = 4 independent directions: ranks (4, 4), 16*4 + 4*4 + 4*32 = 208 weights
     torch.manual_seed(0)
     out = effdl.apply(nn.Sequential(nn.Conv2d(16, 32, 1, bias=False)), lowrank.Tucker(rank="ratio", ratio=0.25))
-    info = records(out)["lowrank.tucker"]["layers"]["0"]
-    assert info["ranks"] == [4, 4] and info["params_after"] == 208
+    info = records(out)["lowrank.tucker"].layers["0"]
+    assert info.ranks == [4, 4] and info.params_after == 208
 
 
 def test_a_model_without_convs_is_refused():

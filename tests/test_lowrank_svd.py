@@ -39,8 +39,8 @@ def test_parity_with_rank_r_reconstruction_and_param_counts():
     assert isinstance(out[0], lowrank.Factorized) and [l.weight.shape for l in out[0]] == [(3, 20), (30, 3)]
     rec = records(out)["lowrank.svd"]
     # Linear(20->30) at rank 3: 3*20 + 30*3 + 30 (bias) = 180; Linear(30->10): 3*30 + 10*3 + 10 = 130
-    assert rec["layers"]["0"]["params_after"] == 180 and rec["layers"]["2"]["params_after"] == 130
-    assert (rec["params_before"], rec["params_after"]) == (630 + 310, 180 + 130)
+    assert rec.layers["0"].params_after == 180 and rec.layers["2"].params_after == 130
+    assert (rec.params_before, rec.params_after) == (630 + 310, 180 + 130)
     assert sum(p.numel() for p in out.parameters()) == 310
     assert isinstance(model[0], nn.Linear)  # the input model is untouched
 
@@ -50,16 +50,16 @@ def test_layers_that_would_not_shrink_are_skipped_and_listed():
     model = _mlp()
     out = effdl.apply(model, lowrank.SVD(rank=8, keep_last=False))
     rec = records(out)["lowrank.svd"]
-    assert list(rec["layers"]) == ["0"] and "needs rank < 7.5" in rec["skipped"]["2"]
+    assert list(rec.layers) == ["0"] and "needs rank < 7.5" in rec.skipped["2"]
     assert isinstance(out[2], nn.Linear) and torch.equal(out[2].weight, model[2].weight)
     out12 = effdl.apply(model, lowrank.SVD(rank=12, layers=("0",)))
-    assert "needs rank < 12.0" in records(out12)["lowrank.svd"]["skipped"]["0"]
+    assert "needs rank < 12.0" in records(out12)["lowrank.svd"].skipped["0"]
 
 
 def test_ratio_and_exclude():
     out = effdl.apply(_mlp(), lowrank.SVD(rank="ratio", ratio=0.25, exclude=("2",)))
-    rec = records(out)["lowrank.svd"]["layers"]
-    assert list(rec) == ["0"] and rec["0"]["rank"] == 5  # round(0.25 * min(30, 20))
+    rec = records(out)["lowrank.svd"].layers
+    assert list(rec) == ["0"] and rec["0"].rank == 5  # round(0.25 * min(30, 20))
 
 
 def test_energy_rank_hand_computed():
@@ -76,8 +76,8 @@ def test_energy_rank_hand_computed():
     with torch.no_grad():
         lin.weight.copy_(q1 @ torch.diag(sv) @ q2.T)
     out = effdl.apply(nn.Sequential(lin), lowrank.SVD(rank="energy", energy=0.95))
-    info = records(out)["lowrank.svd"]["layers"]["0"]
-    assert info["rank"] == 2 and info["energy_kept"] == pytest.approx(125 / (126 + 0.37), abs=1e-4)
+    info = records(out)["lowrank.svd"].layers["0"]
+    assert info.rank == 2 and info.energy_kept == pytest.approx(125 / (126 + 0.37), abs=1e-4)
 
 
 def test_sensitivity_meets_the_parameter_budget(digits_task):
@@ -87,11 +87,11 @@ def test_sensitivity_meets_the_parameter_budget(digits_task):
     before = sum(m.weight.numel() for m in digits_task.model.modules() if isinstance(m, nn.Linear))
     after = sum(m.weight.numel() for m in out.modules() if isinstance(m, nn.Linear))
     assert after <= 0.4 * before
-    for name, info in rec["layers"].items():
-        assert info["rank"] in {p["rank"] for p in rec["sensitivity"][name]}
+    for name, info in rec.layers.items():
+        assert info.rank in {p.rank for p in rec.sensitivity[name]}
     # the curves are measured drops: truncating harder never helps much more than noise
-    first = next(iter(rec["sensitivity"].values()))
-    assert first[0]["drop"] >= first[-1]["drop"] - 0.02
+    first = next(iter(rec.sensitivity.values()))
+    assert first[0].drop >= first[-1].drop - 0.02
     base = digits_task.evaluate(digits_task.model, "val")["accuracy"]
     assert digits_task.evaluate(out, "val")["accuracy"] >= base - 0.15
 
@@ -160,8 +160,8 @@ def test_classifier_kept_dense_by_default():
     model = _mlp()
     out = effdl.apply(model, lowrank.SVD(rank=3))
     rec = records(out)["lowrank.svd"]
-    assert list(rec["layers"]) == ["0"] and "classifier" in rec["skipped"]["2"]
+    assert list(rec.layers) == ["0"] and "classifier" in rec.skipped["2"]
     assert out[2] is not model[2] and torch.equal(out[2].weight, model[2].weight)
     # naming it explicitly decomposes it
     named = effdl.apply(model, lowrank.SVD(rank=3, layers=("2",)))
-    assert list(records(named)["lowrank.svd"]["layers"]) == ["2"]
+    assert list(records(named)["lowrank.svd"].layers) == ["2"]

@@ -71,8 +71,8 @@ def test_parity_with_the_reconstructed_matrix_and_param_count():
     torch.testing.assert_close(tt(x3), x3 @ tt.weight_matrix().T + tt.bias, rtol=1e-4, atol=1e-5)
     # cores (1, 2, 3, 2) and (2, 3, 4, 1): 12 + 24 weights, + 6 bias = 42 (the Linear had 72 + 6)
     assert sum(p.numel() for p in out.parameters()) == 42
-    rec = records(out)["lowrank.tt"]["layers"]["0"]
-    assert (rec["params_before"], rec["params_after"]) == (78, 42)
+    rec = records(out)["lowrank.tt"].layers["0"]
+    assert (rec.params_before, rec.params_after) == (78, 42)
 
 
 def test_automatic_modes_on_a_lenet300_layer():
@@ -93,7 +93,7 @@ def test_skips_layers_where_tt_does_not_shrink():
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(4, 2))
     out = effdl.apply(model, lowrank.TT(rank=2, keep_last=False))
     rec = records(out)["lowrank.tt"]
-    assert list(rec["layers"]) == ["0"] and "12 >= 8 weights" in rec["skipped"]["2"]
+    assert list(rec.layers) == ["0"] and "12 >= 8 weights" in rec.skipped["2"]
 
 
 def test_reload_without_pickle(tmp_path):

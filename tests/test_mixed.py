@@ -71,12 +71,12 @@ def test_on_digits_bits_budget(digits_task, tmp_path):
     assert isinstance(q, MixedPrecisionModel)
     rec = records(q)["quant_sensitivity"]
     total = sum(LINEARS.values())
-    assert rec["budget"] == 3.0 * total and rec["cost"] <= rec["budget"]
-    assert rec["cost"] == sum(LINEARS[n] * b for n, b in q.bits.items())
+    assert rec.budget == 3.0 * total and rec.cost <= rec.budget
+    assert rec.cost == sum(LINEARS[n] * b for n, b in q.bits.items())
     for n, b in q.bits.items():  # stored packed at the layer's own width
         assert q.parts[n]["packed"].numel() == LINEARS[n] * b // 8
-        assert rec["layers"][n]["bits"] == b
-        s = rec["layers"][n]["sensitivity"]
+        assert rec.layers[n].bits == b
+        s = rec.layers[n].sensitivity
         assert set(s) == {"2", "4", "8"}
     save_compact(model_tensors(q), tmp_path / "m.safetensors")
     fresh = effdl.zoo.build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(64, 32))
@@ -94,7 +94,7 @@ def test_on_digits_bytes_budget_with_fixed_ends(digits_task):
     assert q.bits["1"] == 8 and q.bits["5"] == 8 and q.bits["3"] in (2, 4)
     stored = sum(t.numel() * t.element_size() for p in q.parts.values() for t in p.values())
     assert stored == {2: 4712 + 640, 4: 4712 + 1152}[q.bits["3"]]
-    assert records(q)["quant_sensitivity"]["cost"] == stored
+    assert records(q)["quant_sensitivity"].cost == stored
     with pytest.raises(ConfigError, match="below the smallest possible size"):
         effdl.apply(digits_task, MixedConfig(budget_bytes=3000, keep_first_last=True))
 
@@ -102,10 +102,10 @@ def test_on_digits_bytes_budget_with_fixed_ends(digits_task):
 def test_hessian_measure_is_positive_and_falls_with_width(digits_task):
     q = effdl.apply(digits_task, MixedConfig(budget_bits_per_weight=4.0, measure="hessian", keep_first_last=False,
                                              hutchinson_samples=4, num_batches=2))
-    layers = records(q)["quant_sensitivity"]["layers"]
+    layers = records(q)["quant_sensitivity"].layers
     for v in layers.values():
-        assert v["hessian_trace"] > 0
-        s = v["sensitivity"]
+        assert v.hessian_trace > 0
+        s = v.sensitivity
         assert s["2"] > s["4"] > s["8"] >= 0
 
 

@@ -290,13 +290,13 @@ def test_iterative_schedule_records_its_accuracy_path(digits_task):
     cfg = WeightPruneConfig(sparsity=0.875, schedule="iterative", rounds=3, finetune_epochs=0.5)
     out = effdl.apply(digits_task, cfg)
     path = records(out)["trajectory"]
-    assert path["kind"] == "weights"
-    events = [p[3] for p in path["points"]]
+    assert path.kind == "weights"
+    events = [p[3] for p in path.points]
     assert events == ["start", "prune", "finetune"] * 1 + ["prune", "finetune"] * 2
     # 1 - (1 - 0.875)^(r/3) = 0.5, 0.75, 0.875; epochs accumulate 0.5 per fine-tune
-    assert [p[1] for p in path["points"]] == pytest.approx([0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875])
-    assert [p[0] for p in path["points"]] == pytest.approx([0, 0, 0.5, 0.5, 1.0, 1.0, 1.5])
-    assert path["points"][0][2] == pytest.approx(digits_task.evaluate(digits_task.model, "val")["accuracy"])
-    assert path["points"][-1][2] == pytest.approx(digits_task.evaluate(out, "val")["accuracy"])
+    assert [p[1] for p in path.points] == pytest.approx([0, 0.5, 0.5, 0.75, 0.75, 0.875, 0.875])
+    assert [p[0] for p in path.points] == pytest.approx([0, 0, 0.5, 0.5, 1.0, 1.0, 1.5])
+    assert path.points[0][2] == pytest.approx(digits_task.evaluate(digits_task.model, "val")["accuracy"])
+    assert path.points[-1][2] == pytest.approx(digits_task.evaluate(out, "val")["accuracy"])
     # without fine-tuning there is nothing to compare: no record
     assert "trajectory" not in records(effdl.apply(digits_task, WeightPruneConfig(sparsity=0.5)))

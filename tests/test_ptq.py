@@ -340,8 +340,9 @@ def test_layers_without_int8_kernels_stay_float_everywhere(digits, tmp_path):
     assert check_parity(task.model, low, parity_inputs(task)).ok
     # the report lists it, with the reason
     rec = records(q)["int8_layers"]
-    assert rec == {"int8": ["fc"], "fp32": {"conv": {"type": "Conv3d", "why": "no int8 kernel"}}}
-    view = load_view({"goal": {"metric": "accuracy"}, "baseline": "c00", "candidates": [
+    assert rec.model_dump() == {"int8": ["fc"], "fp32": {"conv": {"type": "Conv3d", "why": "no int8 kernel"}}}
+    view = load_view({"schema_version": 2, "goal": {"metric": "accuracy", "higher_is_better": True},
+                      "baseline": "c00", "candidates": [
         {"id": "c00", "label": "baseline", "status": "ok", "recipe": []},
         {"id": "c01", "label": "int8", "status": "ok", "recipe": [{"technique": "quantize.ptq"}], "records": records(q)}]})
     html = quant_section(view)

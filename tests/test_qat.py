@@ -82,7 +82,7 @@ def test_frozen_activation_observer_stops_changing():
 def test_ste_training_moves_weights_and_records_mse(digits_task):
     q = effdl.apply(digits_task, QATConfig(bits=4, epochs=2, freeze_after=1.0))
     assert isinstance(q, WeightOnlyModel) and q.quantized_modules == LINEARS
-    mse = records(q)["qat_mse"]
+    mse = records(q)["qat_mse"].mse
     assert set(mse) == set(LINEARS) and all(len(v) == 3 for v in mse.values())  # before + 2 epoch ends
     for name, m in digits_task.model.named_modules():
         if name in LINEARS:
@@ -149,8 +149,8 @@ def test_freeze_after_zero_keeps_calibrated_ranges_and_bn_statistics(digits):
     expected = MovingAverageMinMax(momentum=0.9)  # the first layer's input is the flattened image
     for x in task.calibration_batches(4):
         expected.observe(x)
-    r = records(q)["act_ranges"]["1"]
-    assert (r["clip_lo"], r["clip_hi"]) == pytest.approx(expected.range())
+    r = records(q)["act_ranges"].layers["1"]
+    assert (r.clip_lo, r.clip_hi) == pytest.approx(expected.range())
     # not frozen: training moves BatchNorm statistics
     moved = effdl.apply(task, QATConfig(bits=4, epochs=1, freeze_after=1.0))
     assert not torch.equal(bn_before.running_mean, moved.model[2].running_mean)
@@ -163,16 +163,16 @@ def test_int8_conversion_through_ptq_keeps_accuracy(digits_task):
     rec = records(q)
     # the PTQ int8 codes are the QAT grid's (min-max per channel) except where the scales were frozen
     # before the last steps moved the weights: measured 98.5%
-    assert rec["qat_int8_agreement"] >= 0.95
+    assert rec["qat_int8_agreement"].agreement >= 0.95
     assert abs(_acc(digits_task, q) - base) <= 0.01
-    hist = rec["quant_error_hist"]["1"]
-    assert sum(hist["weights"]) == 64 * 64 and sum(hist["activations"]) == 32 * 64  # one calibration batch of 32
-    centre = len(hist["activations"]) // 2  # the bin holding 0.0: the inputs do have rounding errors
-    assert sum(hist["activations"]) - hist["activations"][centre] > 0
-    assert set(rec["act_ranges"]) == set(LINEARS)
+    hist = rec["quant_error_hist"].layers["1"]
+    assert sum(hist.weights) == 64 * 64 and sum(hist.activations) == 32 * 64  # one calibration batch of 32
+    centre = len(hist.activations) // 2  # the bin holding 0.0: the inputs do have rounding errors
+    assert sum(hist.activations) - hist.activations[centre] > 0
+    assert set(rec["act_ranges"].layers) == set(LINEARS)
     # the int8 model uses the trained input ranges, not a re-calibration: each Linear's input observer
     # was pinned to QAT's clip, so its uint8 scale is (clip_hi - min(clip_lo, 0)) / 255
-    assert q.input_ranges == {n: (r["clip_lo"], r["clip_hi"]) for n, r in rec["act_ranges"].items()}
+    assert q.input_ranges == {n: (r.clip_lo, r.clip_hi) for n, r in rec["act_ranges"].layers.items()}
     scales = _input_scales(q.reference)
     assert set(scales) == set(LINEARS)
     for layer, scale in scales.items():

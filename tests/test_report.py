@@ -384,7 +384,8 @@ def test_lowrank_section_lists_factorized_and_skipped_layers(raw):
     from effdl.report.lowrank import lowrank_section
 
     assert lowrank_section(load_view(R(raw))) == ""
-    rec = {"layers": {"fc1": {"rank": 20, "params_before": 48000, "params_after": 19680}},
+    rec = {"layers": {"fc1": {"rank": 20, "full_rank": 300, "energy_kept": 0.91, "params_before": 48000,
+                              "params_after": 19680}},
            "skipped": {"fc3": "rank 8 >= mn/(m+n) = 7.6: no fewer parameters"},
            "params_before": 48000, "params_after": 19680}
     c = {x["id"]: x for x in raw["candidates"]}

@@ -23,9 +23,9 @@ HIST = {"fc1": {"edges": [-1.0, 0.0, 1.0, 2.0], "weights": [3, 5, 1], "activatio
         "fc2": {"edges": [-0.5, 0.5], "weights": [4]}}
 RANGES = {"fc1": {"min": -1.0, "max": 6.0, "clip_lo": -0.5, "clip_hi": 4.0},
           "fc2": {"min": 0.0, "max": 2.0, "clip_lo": 0.0, "clip_hi": 2.0}}
-SENS = {"measure": "val_drop", "layers": {
-    "fc1": {"params": 100, "bits": 4, "sensitivity": {"2": 0.05, "4": 0.01, "8": 0.0}},
-    "fc2": {"params": 10, "bits": 8, "sensitivity": {"2": 0.2, "4": 0.03, "8": 0.001}}}}
+SENS = {"measure": "val_drop", "metric": "accuracy", "budget": 440, "cost": 480, "unit": "bits", "layers": {
+    "fc1": {"params": 100, "bits": 4, "fixed": False, "sensitivity": {"2": 0.05, "4": 0.01, "8": 0.0}},
+    "fc2": {"params": 10, "bits": 8, "fixed": True, "sensitivity": {"2": 0.2, "4": 0.03, "8": 0.001}}}}
 MSE = {"fc1": [1e-3, 5e-4, 4e-4], "fc2": [2e-3, 1e-3, 9e-4]}
 
 
@@ -67,7 +67,9 @@ def test_sensitivity_bars_in_points_per_width():
 
 
 def test_hessian_sensitivity_is_drawn_unscaled():
-    hess = {"measure": "hessian", "layers": {"fc1": {"bits": 2, "sensitivity": {"2": 0.3, "4": 0.01}}}}
+    hess = {"measure": "hessian", "metric": "hessian proxy", "budget": 200, "cost": 200, "unit": "bits",
+            "layers": {"fc1": {"params": 100, "bits": 2, "fixed": False, "sensitivity": {"2": 0.3, "4": 0.01},
+                               "hessian_trace": 3.0}}}
     fig = sensitivity_bar_figure(load_view(_results({"quant_sensitivity": hess})))
     assert list(fig.data[0].y) == [0.3] and "Hessian" in fig.layout.yaxis.title.text
 

@@ -59,53 +59,53 @@ def test_record_numbers_are_the_encoders(study, by_hand):
     rec = _record(res)
     _, model = by_hand
     layers = clustered_layers(model)
-    assert list(rec["layers"]) == [n for n, _, _ in layers] == ["1", "3", "5"]
+    assert list(rec.layers) == [n for n, _, _ in layers] == ["1", "3", "5"]
     for name, m, p in layers:
-        r = rec["layers"][name]
+        r = rec.layers[name]
         numel = m.weight.numel()
         nnz = int((m.weight != 0).sum())
-        assert r["bits"] == 3 and r["shared_values"] == 2**3 == 8 and r["codebook_bytes"] == 32
-        assert r["params"] == numel and r["nonzero"] == nnz and r["sparsity"] == pytest.approx(1 - nnz / numel)
-        assert r["dense_bytes"] == 4 * (numel + m.bias.numel()) and r["bias_bytes"] == 4 * m.bias.numel()
+        assert r.bits == 3 and r.shared_values == 2**3 == 8 and r.codebook_bytes == 32
+        assert r.params == numel and r.nonzero == nnz and r.sparsity == pytest.approx(1 - nnz / numel)
+        assert r.dense_bytes == 4 * (numel + m.bias.numel()) and r.bias_bytes == 4 * m.bias.numel()
         key, bias = f"{name}.weight", _bias(m)
         fixed = len(encode_layer(key, p, False, bias=bias))
         stored = len(encode_layer(key, p, True, bias=bias))  # what encode_model writes for huffman=True
-        assert r["bytes_fixed"] == fixed and r["bytes_stored"] == stored == min(fixed, r["bytes_huffman"])
-        assert r["stored"] == ("huffman" if r["bytes_huffman"] < fixed else "fixed")
+        assert r.bytes_fixed == fixed and r.bytes_stored == stored == min(fixed, r.bytes_huffman)
+        assert r.stored == ("huffman" if r.bytes_huffman < fixed else "fixed")
     # at 80% sparsity the two large layers gain from Huffman coding (their gap streams are skewed)
-    assert rec["layers"]["1"]["stored"] == "huffman" and rec["layers"]["1"]["bytes_huffman"] < rec["layers"]["1"]["bytes_fixed"]
-    assert rec["container_bytes"] == len(encode_model(model)) == 6 + sum(r["bytes_stored"] for r in rec["layers"].values())
+    assert rec.layers["1"].stored == "huffman" and rec.layers["1"].bytes_huffman < rec.layers["1"].bytes_fixed
+    assert rec.container_bytes == len(encode_model(model)) == 6 + sum(r.bytes_stored for r in rec.layers.values())
 
 
 def test_record_matches_the_file_the_study_wrote(study):
     out, res = study
     rec = _record(res)
     blob = load_compact(out / "candidates" / "c01" / "model.safetensors")[BLOB_KEY]
-    assert blob.numel() == rec["container_bytes"]
+    assert blob.numel() == rec.container_bytes
     w = decode_blob(blob.numpy().tobytes())["1.weight"]
     # the file's weights are the fine-tuned centroids the histogram marks (an empty cluster is not used)
     used = set(w[w != 0].tolist())
-    assert used <= set(torch.tensor(rec["histogram"]["centroids"]).float().tolist())
-    assert len(used) >= 6 and int((w != 0).sum()) == rec["layers"]["1"]["nonzero"]
+    assert used <= set(torch.tensor(rec.histogram.centroids).float().tolist())
+    assert len(used) >= 6 and int((w != 0).sum()) == rec.layers["1"].nonzero
 
 
 def test_histogram_of_the_largest_layer_with_centroids(study, by_hand):
     _, res = study
     pruned, _ = by_hand
-    h = _record(res)["histogram"]
+    h = _record(res).histogram
     values = pruned[1].weight.detach()
     values = values[values != 0]
-    assert h["layer"] == "1"  # 64x64 > 32x64 > 10x32
-    assert sum(h["counts"]) == values.numel() and len(h["counts"]) == 100 and len(h["edges"]) == 101
-    assert h["edges"][0] == pytest.approx(float(values.min())) and h["edges"][-1] == pytest.approx(float(values.max()))
-    assert h["centroids_kmeans"] == kmeans_1d(values, 8, "linear")[0].tolist()
-    assert h["centroids"] != h["centroids_kmeans"]  # fine-tuning moved them
+    assert h.layer == "1"  # 64x64 > 32x64 > 10x32
+    assert sum(h.counts) == values.numel() and len(h.counts) == 100 and len(h.edges) == 101
+    assert h.edges[0] == pytest.approx(float(values.min())) and h.edges[-1] == pytest.approx(float(values.max()))
+    assert h.centroids_kmeans == kmeans_1d(values, 8, "linear")[0].tolist()
+    assert h.centroids != h.centroids_kmeans  # fine-tuning moved them
 
     fig = histogram_figure(load_view(res))
     bars, kmeans, tuned = fig.data
-    assert list(bars.y) == h["counts"] and bars.x[0] == pytest.approx((h["edges"][0] + h["edges"][1]) / 2)
-    assert kmeans.name == "centroids after k-means" and list(kmeans.x) == h["centroids_kmeans"] and list(kmeans.y) == [0] * 8
-    assert tuned.name == "centroids after fine-tuning" and list(tuned.x) == h["centroids"]
+    assert list(bars.y) == h.counts and bars.x[0] == pytest.approx((h.edges[0] + h.edges[1]) / 2)
+    assert kmeans.name == "centroids after k-means" and list(kmeans.x) == h.centroids_kmeans and list(kmeans.y) == [0] * 8
+    assert tuned.name == "centroids after fine-tuning" and list(tuned.x) == h.centroids
 
 
 def test_section_shows_each_layer_once(study):
@@ -113,18 +113,18 @@ def test_section_shows_each_layer_once(study):
     rec = _record(res)
     html = share_section(load_view(res))
     assert html.count("<h3>") == 1 and "c01 prune 80% + share 3-bit:" in html  # c02 reuses c01's record
-    assert "container " + f"{rec['container_bytes']:,} B" in html or f"{rec['container_bytes'] / 1e3:.1f} kB" in html
+    assert "container " + f"{rec.container_bytes:,} B" in html or f"{rec.container_bytes / 1e3:.1f} kB" in html
     rows = re.findall(r"<tr><td>(.*?)</td></tr>", html)
     assert len(rows) == 3
-    for row, (name, r) in zip(rows, rec["layers"].items()):
+    for row, (name, r) in zip(rows, rec.layers.items()):
         cells = row.split("</td><td>")
         assert cells[:3] == [name, "8", "3"]
-        assert cells[3] == f"{count(r['nonzero'])} / {count(r['params'])}"
-        assert cells[4] == f"{100 * r['sparsity']:.1f}%"
-        assert cells[5:7] == ["32 B", f"{count(r['bytes_fixed'])} B"]
-        assert cells[7] == f"{count(r['bytes_huffman'])} B ({r['gap_bits']}-bit gaps)"
-        assert cells[8] == f"<b>{count(r['bytes_stored'])} B</b> ({r['stored']})"
-        assert cells[10] == f"{r['dense_bytes'] / r['bytes_stored']:.2f}x"
+        assert cells[3] == f"{count(r.nonzero)} / {count(r.params)}"
+        assert cells[4] == f"{100 * r.sparsity:.1f}%"
+        assert cells[5:7] == ["32 B", f"{count(r.bytes_fixed)} B"]
+        assert cells[7] == f"{count(r.bytes_huffman)} B ({r.gap_bits}-bit gaps)"
+        assert cells[8] == f"<b>{count(r.bytes_stored)} B</b> ({r.stored})"
+        assert cells[10] == f"{r.dense_bytes / r.bytes_stored:.2f}x"
     assert 'id="plot-share-hist"' in html
 
 
@@ -149,10 +149,10 @@ def test_per_layer_steps_merge_into_one_record(by_hand, steps):
     both = effdl.apply(first, Cluster(bits=3, layers=steps[1]))
     rec = records(both)["share.cluster"]
     bits = {n: 2 if n in steps[0] else 3 for n in ("1", "3", "5")}
-    assert {n: r["bits"] for n, r in rec["layers"].items()} == bits
-    assert {n: r["shared_values"] for n, r in rec["layers"].items()} == {n: 2**b for n, b in bits.items()}
-    assert rec["container_bytes"] == len(encode_model(both))
-    assert rec["histogram"]["layer"] == "1" and len(rec["histogram"]["centroids"]) == 2 ** bits["1"]
+    assert {n: r.bits for n, r in rec.layers.items()} == bits
+    assert {n: r.shared_values for n, r in rec.layers.items()} == {n: 2**b for n, b in bits.items()}
+    assert rec.container_bytes == len(encode_model(both))
+    assert rec.histogram.layer == "1" and len(rec.histogram.centroids) == 2 ** bits["1"]
 
 
 def test_histogram_draws_offline_in_headless_chromium(study, tmp_path):

@@ -17,7 +17,7 @@ from ..core.compressed import float_reference
 from ..core.errors import ConfigError, suggest
 from ..core.io import sha256_file, write_json
 from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
-from ..core.records import records
+from ..core.records import dump_records, records
 from ..core.registry import apply
 from ..metrics.env import environment
 from ..metrics.measure import measure_runtime, runtime_footprint, runtime_quality, static_footprint
@@ -92,7 +92,7 @@ def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: 
             fp = static_footprint(model, task, cdir / "model.safetensors")
         result["layers"] = fp.pop("layers")
         if records(model):  # e.g. sensitivity curves, lottery history: drawn by the report
-            result["records"] = records(model)
+            result["records"] = dump_records(records(model))  # JSON now, so a fresh candidate equals a resumed one
         # layer shapes, so a structurally pruned model reloads without pickle (prune.structure_of / rebuild)
         write_json(cdir / "structure.json", structure_of(float_reference(model)))
     except Exception as exc:  # a candidate that raises is recorded and the study goes on

@@ -20,6 +20,7 @@ import pydantic
 from .. import __version__
 from ..core.errors import ArtifactError, ConfigError, suggest
 from ..core.io import write_json
+from ..core.records import Record, parse_records
 from ..core.task import MetricSpec
 from ..metrics.measure import Tolerances
 
@@ -191,7 +192,9 @@ class Candidate(_Record):
     quality_val: dict[str, float] = {}  # validation split (used for choosing)
     footprint: Footprint = Footprint()
     layers: dict[str, dict[str, Any]] = {}  # per-layer params and sparsity
-    records: dict[str, Any] = {}  # what techniques left for the report (sensitivity curves, ...)
+    # what techniques left for the report (sensitivity curves, ...), typed by key (core.records);
+    # SerializeAsAny: each dumps as its own class, not as the bare base
+    records: dict[str, pydantic.SerializeAsAny[Record]] = {}
     artifacts: dict[str, str] = {}  # kind -> path relative to the output directory
     seconds: float | None = None
     #: wall seconds per stage: apply (the recipe, fine-tuning included), store, measure <runtime>, evaluate
@@ -200,6 +203,11 @@ class Candidate(_Record):
     quality_drop_val: float | None = None
     frontier: dict[str, bool] = {}  # target -> on that frontier
     on_frontier: bool = False  # on the frontier of the goal's target
+
+    @pydantic.field_validator("records", mode="before")
+    @classmethod
+    def _typed_records(cls, value: Any) -> Any:
+        return parse_records(value) if isinstance(value, dict) else value
 
     @property
     def ok(self) -> bool:

@@ -12,15 +12,19 @@ from .fmt import esc, name
 from .pareto_csv import write_pareto_csv
 from .plots import AXIS_TITLE, figure_html, frontier_figure, unplotted
 from .sections import card, environment, findings_section, header
-from .lowrank import lowrank_section
-from .quant import quant_section
-from .share import share_section
-from .sparsity import sparsity_section
+from .lowrank import LOWRANK
+from .quant import QUANT
+from .registry import section_html
+from .share import SHARE
+from .sparsity import SPARSITY
 from .table import candidates_table
 from ..pipeline.results import Candidate, Results
 from .view import AXES, View, load_view
 
 __all__ = ["render_html", "write_report", "write_pareto_csv"]
+
+#: the record-drawn sections in page order (importing their modules registers their drawers)
+SECTIONS = (SPARSITY, QUANT, LOWRANK, SHARE)
 
 # System fonts only: the page must render the same with no network.
 CSS = """
@@ -90,10 +94,7 @@ def render_html(results: Results | dict) -> str:
         card(view),
         findings_section(findings(view)),
         _plots(view),
-        sparsity_section(view),
-        quant_section(view),
-        lowrank_section(view),
-        share_section(view),
+        *(section_html(view, s) for s in SECTIONS),
         "<section><h2>Candidates</h2>", candidates_table(view), "</section>",
         environment(view),
         "</body></html>\n",

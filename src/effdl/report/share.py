@@ -1,7 +1,7 @@
 """Weight-sharing section (share.cluster, Deep Compression): what each clustered layer stores, and
 the largest layer's weight histogram with its centroids (Han et al. 2016, figure 4).
 
-Drawn from the record share.cluster attaches (``deep_compression.storage_record`` + ``histogram``);
+Drawn from the ``ClusterRecord`` share.cluster attaches (``deep_compression.storage_record`` + ``histogram``);
 its byte counts are those of the records the file's own encoder writes. Candidates that reuse a
 clustered prefix carry the same record, so each distinct record is shown once, under the candidate
 with the shortest recipe; the figure is drawn for the first one.
@@ -12,24 +12,30 @@ from itertools import pairwise
 
 import plotly.graph_objects as go
 
+from ..compress.share.cluster import ClusterLayer, ClusterRecord
 from ..pipeline.results import Candidate
 from .fmt import NA, count, esc, nbytes, times
 from .plots import figure_html
 from .quant import _layout  # the report's figure style
-from .view import View, is_ok, number, ratio
+from .registry import Section, carriers, draws, section_html
+from .view import View, number, ratio
 
-KEY = "share.cluster"
+SHARE = Section(
+    "Weight sharing (Deep Compression)",
+    note='<p class="note">Bytes are each layer\'s record in the Deep Compression container, as its encoder '
+         "writes it: name and shape, codebook (4 B per shared value), bias, then the non-zeros' positions "
+         "and b-bit cluster indices, fixed width or Huffman coded (positions as relative gaps); the file "
+         "holds the smaller one where Huffman coding is on.</p>")
 COLUMNS = ("layer", "shared values (2<sup>b</sup>)", "index bits b", "non-zeros / params", "sparsity",
            "codebook", "fixed b-bit indices", "Huffman coded", "in the file", "dense FP32", "smaller")
 
 
-def shared_records(view: View) -> list[tuple[Candidate, dict]]:
+def shared_records(view: View) -> list[tuple[Candidate, ClusterRecord]]:
     """(candidate, record) of each distinct share.cluster record of a measured candidate."""
-    seen: dict[str, tuple[Candidate, dict]] = {}
-    for c in sorted(view.candidates, key=lambda c: len(c.recipe)):
-        rec = c.records.get(KEY)
-        if is_ok(c) and isinstance(rec, dict) and rec.get("layers"):
-            seen.setdefault(repr(rec), (c, rec))
+    seen: dict[str, tuple[Candidate, ClusterRecord]] = {}
+    for c, rec in sorted(carriers(view, ClusterRecord), key=lambda cr: len(cr[0].recipe)):
+        if rec.layers:
+            seen.setdefault(rec.model_dump_json(), (c, rec))
     return list(seen.values())
 
 
@@ -38,23 +44,23 @@ def _percent(value) -> str:
     return NA if v is None else f"{100 * v:.1f}%"
 
 
-def _row(name: str, i: dict) -> str:
-    coded = f"{count(i.get('bytes_huffman'))} B ({esc(i.get('gap_bits'))}-bit gaps)"
-    cells = [esc(name), count(i.get("shared_values")), esc(i.get("bits")),
-             f"{count(i.get('nonzero'))} / {count(i.get('params'))}", _percent(i.get("sparsity")),
-             f"{count(i.get('codebook_bytes'))} B", f"{count(i.get('bytes_fixed'))} B", coded,
-             f"<b>{count(i.get('bytes_stored'))} B</b> ({esc(i.get('stored'))})", f"{count(i.get('dense_bytes'))} B",
-             times(ratio(i.get("dense_bytes"), i.get("bytes_stored")))]
+def _row(name: str, i: ClusterLayer) -> str:
+    coded = f"{count(i.bytes_huffman)} B ({esc(i.gap_bits)}-bit gaps)"
+    cells = [esc(name), count(i.shared_values), esc(i.bits),
+             f"{count(i.nonzero)} / {count(i.params)}", _percent(i.sparsity),
+             f"{count(i.codebook_bytes)} B", f"{count(i.bytes_fixed)} B", coded,
+             f"<b>{count(i.bytes_stored)} B</b> ({esc(i.stored)})", f"{count(i.dense_bytes)} B",
+             times(ratio(i.dense_bytes, i.bytes_stored))]
     return "<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
 
 
-def _table(cand: Candidate, rec: dict) -> str:
-    layers = rec["layers"]
-    dense = sum(i.get("dense_bytes") or 0 for i in layers.values())
+def _table(cand: Candidate, rec: ClusterRecord) -> str:
+    layers = rec.layers
+    dense = sum(i.dense_bytes for i in layers.values())
     head = "".join(f"<th>{h}</th>" for h in COLUMNS)
     return (f"<h3>{esc(cand.id)} {esc(cand.label)}: {len(layers)} clustered layers, container "
-            f"{nbytes(rec.get('container_bytes'))} (dense FP32 {nbytes(dense)}, "
-            f"{times(ratio(dense, rec.get('container_bytes')))} smaller)</h3>"
+            f"{nbytes(rec.container_bytes)} (dense FP32 {nbytes(dense)}, "
+            f"{times(ratio(dense, rec.container_bytes))} smaller)</h3>"
             f"<table><thead><tr>{head}</tr></thead><tbody>"
             + "".join(_row(n, i) for n, i in layers.items()) + "</tbody></table>")
 
@@ -62,18 +68,18 @@ def _table(cand: Candidate, rec: dict) -> str:
 def histogram_figure(view: View) -> go.Figure | None:
     """The largest clustered layer's non-zero weights before clustering (bars), its centroids after
     k-means (crosses) and after fine-tuning (dots, when they moved)."""
-    found = next(((c, r) for c, r in shared_records(view) if r.get("histogram")), None)
+    found = next(iter(shared_records(view)), None)  # every ClusterRecord has its histogram
     if found is None:
         return None
-    cand, h = found[0], found[1]["histogram"]
-    bins = list(pairwise(h["edges"]))
-    fig = go.Figure(go.Bar(x=[(a + b) / 2 for a, b in bins], y=h["counts"],
+    cand, h = found[0], found[1].histogram
+    bins = list(pairwise(h.edges))
+    fig = go.Figure(go.Bar(x=[(a + b) / 2 for a, b in bins], y=h.counts,
                            width=[b - a for a, b in bins], marker_color="#6baed6",
                            name="weights before clustering (non-zeros)",
                            hovertemplate="weight %{x:.3g}: %{y}<extra></extra>"))
-    marks = [("centroids after k-means", h.get("centroids_kmeans"), "x", "#2b8a3e")]
-    if h.get("centroids") != h.get("centroids_kmeans"):
-        marks.append(("centroids after fine-tuning", h.get("centroids"), "circle", "#c92a2a"))
+    marks = [("centroids after k-means", h.centroids_kmeans, "x", "#2b8a3e")]
+    if h.centroids != h.centroids_kmeans:
+        marks.append(("centroids after fine-tuning", h.centroids, "circle", "#c92a2a"))
     for label, xs, symbol, color in marks:
         fig.add_trace(go.Scatter(x=xs, y=[0] * len(xs or []), mode="markers", name=label, cliponaxis=False,
                                  marker=dict(symbol=symbol, size=9, color=color),
@@ -81,19 +87,19 @@ def histogram_figure(view: View) -> go.Figure | None:
     fig.update_layout(bargap=0)
     fig.update_xaxes(title="weight value")
     fig.update_yaxes(title="count")
-    return _layout(fig, f"weights of layer {esc(h['layer'])} and its {len(h.get('centroids') or [])} shared values "
+    return _layout(fig, f"weights of layer {esc(h.layer)} and its {len(h.centroids)} shared values "
                         f"({esc(cand.id)} {esc(cand.label)})")
 
 
-def share_section(view: View) -> str:
+@draws(ClusterRecord, SHARE)
+def _share_part(view: View) -> str:
     found = shared_records(view)
     if not found:
         return ""
     fig = histogram_figure(view)
     plot = f'<div class="plot">{figure_html(fig, "plot-share-hist")}</div>' if fig else ""
-    return ("<section><h2>Weight sharing (Deep Compression)</h2>"
-            '<p class="note">Bytes are each layer\'s record in the Deep Compression container, as its encoder '
-            "writes it: name and shape, codebook (4 B per shared value), bias, then the non-zeros' positions "
-            "and b-bit cluster indices, fixed width or Huffman coded (positions as relative gaps); the file "
-            "holds the smaller one where Huffman coding is on.</p>"
-            + "".join(_table(c, r) for c, r in found) + plot + "</section>")
+    return "".join(_table(c, r) for c, r in found) + plot
+
+
+def share_section(view: View) -> str:
+    return section_html(view, SHARE)

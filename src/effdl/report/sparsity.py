@@ -1,15 +1,18 @@
 """Sparsity views: the per-layer sparsity heatmap and quality-vs-sparsity curves per pruning recipe.
 
 Drawn only from measured candidates that carry per-layer counts (``layers``); a run without pruned
-candidates gets no section rather than an empty plot.
+candidates gets no section rather than an empty plot. The pruning trajectories (``TrajectoryRecord``)
+and per-layer sensitivity curves (``SensitivityRecord``) are this section's record parts.
 """
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from ..compress.prune.trajectory import TrajectoryRecord
+from ..compress.prune.weights import SensitivityRecord
 from ..pipeline.results import Candidate
 from .fmt import esc
-from .plots import figure_html
+from .registry import Section, carriers, draws, plot, section_html
 from .view import View, fp, is_ok
 
 _FONT = dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif")
@@ -76,24 +79,43 @@ def curve_figure(view: View) -> go.Figure | None:
     return fig
 
 
-def sparsity_section(view: View) -> str:
-    figs = [(f, i) for f, i in ((heatmap_figure(view), "plot-heatmap"), (curve_figure(view), "plot-sparsity"),
-                                (trajectory_figure(view), "plot-trajectory"),
-                                (sensitivity_figure(view), "plot-sensitivity")) if f]
-    if not figs:
-        return ""
-    return ("<section><h2>Sparsity</h2>" + "".join(f'<div class="plot">{figure_html(f, i)}</div>' for f, i in figs)
-            + "</section>")
+def trajectory_figure(view: View) -> go.Figure | None:
+    """Iterative vs one-shot: validation quality after every cut and every fine-tune, against the
+    fine-tuning epochs spent (the textbook's figures 10.5/10.6). Candidates that reuse a pruned
+    prefix carry the same path; each distinct path is drawn once, named by its shortest recipe."""
+    paths: dict[str, tuple[Candidate, TrajectoryRecord]] = {}
+    for c, rec in sorted(carriers(view, TrajectoryRecord), key=lambda cr: len(cr[0].recipe)):
+        if rec.points:
+            paths.setdefault(repr(rec.points), (c, rec))
+    if not paths:
+        return None
+    fig = go.Figure()
+    for c, rec in paths.values():
+        pts = [p for p in rec.points if p[2] is not None]
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in pts], y=[p[2] for p in pts], mode="lines+markers",
+            name=f"{esc(c.id)} {esc(c.label)}",
+            text=[f"{esc(p[3])}: {p[1]:.0%} {'weights' if rec.kind == 'weights' else 'channels'} removed"
+                  for p in pts],
+            hovertemplate="%{text}<br>%{x:.2g} fine-tuning epochs<br>%{y:.4f}<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
+                      title="iterative vs one-shot: validation quality after each cut and each fine-tune",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
+    fig.update_xaxes(title="fine-tuning epochs spent")
+    fig.update_yaxes(title=f"{esc(view.metric)} (validation)")
+    return fig
 
 
 def sensitivity_figure(view: View) -> go.Figure | None:
     """Per-layer sensitivity curves (quality drop when that layer alone is pruned to each ratio), from
     the first candidate whose pruning allocated its budget by sensitivity analysis."""
-    cand = next((c for c in view.candidates if c.records.get("sensitivity")), None)
-    if cand is None:
+    # failed candidates too: the curves are measured before the candidate's runtimes are
+    found = next(((c, r) for c, r in carriers(view, SensitivityRecord, ok_only=False) if r.curves), None)
+    if found is None:
         return None
+    cand, rec = found
     fig = go.Figure()
-    for layer, pts in cand.records["sensitivity"].items():
+    for layer, pts in rec.curves.items():
         pts = sorted(pts)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] * 100 for p in pts], mode="lines+markers",
                                  name=esc(layer)))
@@ -105,29 +127,20 @@ def sensitivity_figure(view: View) -> go.Figure | None:
     return fig
 
 
-def trajectory_figure(view: View) -> go.Figure | None:
-    """Iterative vs one-shot: validation quality after every cut and every fine-tune, against the
-    fine-tuning epochs spent (the textbook's figures 10.5/10.6). Candidates that reuse a pruned
-    prefix carry the same path; each distinct path is drawn once, named by its shortest recipe."""
-    paths: dict[str, tuple[Candidate, dict]] = {}
-    for c in sorted(view.candidates, key=lambda c: len(c.recipe)):
-        rec = c.records.get("trajectory")
-        if is_ok(c) and rec and rec.get("points"):
-            paths.setdefault(repr(rec["points"]), (c, rec))
-    if not paths:
-        return None
-    fig = go.Figure()
-    for c, rec in paths.values():
-        pts = [p for p in rec["points"] if p[2] is not None]
-        fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[2] for p in pts], mode="lines+markers",
-            name=f"{esc(c.id)} {esc(c.label)}",
-            text=[f"{esc(p[3])}: {p[1]:.0%} {'weights' if rec.get('kind') == 'weights' else 'channels'} removed"
-                  for p in pts],
-            hovertemplate="%{text}<br>%{x:.2g} fine-tuning epochs<br>%{y:.4f}<extra></extra>"))
-    fig.update_layout(template="plotly_white", height=420, margin=dict(l=60, r=20, t=40, b=40), font=_FONT,
-                      title="iterative vs one-shot: validation quality after each cut and each fine-tune",
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))
-    fig.update_xaxes(title="fine-tuning epochs spent")
-    fig.update_yaxes(title=f"{esc(view.metric)} (validation)")
-    return fig
+SPARSITY = Section("Sparsity", parts=(lambda view: plot(heatmap_figure(view), "plot-heatmap"),
+                                      lambda view: plot(curve_figure(view), "plot-sparsity")))
+
+
+# the record parts, registered in page order (after the heatmap and the curves)
+@draws(TrajectoryRecord, SPARSITY)
+def _trajectory_part(view: View) -> str:
+    return plot(trajectory_figure(view), "plot-trajectory")
+
+
+@draws(SensitivityRecord, SPARSITY)
+def _sensitivity_part(view: View) -> str:
+    return plot(sensitivity_figure(view), "plot-sensitivity")
+
+
+def sparsity_section(view: View) -> str:
+    return section_html(view, SPARSITY)

@@ -15,8 +15,26 @@ from torch import nn
 from ...core.config import TechniqueConfig
 from ...core.forms import refuse_quantized
 from ...core.errors import ConfigError, UnsupportedModuleError
-from ...core.records import attach
+from ...core.records import Part, Record, attach, record_class
 from ...core.scope import is_excluded, match_scopes
+
+
+class LowRankLayer(Part):
+    """A factorized layer's parameters before and after; each technique's subclass adds how (rank, ...)."""
+
+    params_before: int
+    params_after: int
+
+
+class LowRankRecord(Record):
+    """What a lowrank.* technique factorized (``layers``), left dense and why (``skipped``), and the
+    parameters of the factorized layers before and after. Each technique subclasses it with its key
+    (its name) and its layer type."""
+
+    layers: dict[str, LowRankLayer]
+    skipped: dict[str, str]
+    params_before: int
+    params_after: int
 
 
 class LowRankConfig(TechniqueConfig):
@@ -106,8 +124,8 @@ def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types:
         layers[name] = {**info, "params_before": n_params(m), "params_after": n_params(new)}
         before, after = before + n_params(m), after + n_params(new)
         model.set_submodule(name, new)
-    attach(model, technique, {"layers": layers, "skipped": skipped, "params_before": before,
-                              "params_after": after, **(extra or {})})
+    record = {"layers": layers, "skipped": skipped, "params_before": before, "params_after": after, **(extra or {})}
+    attach(model, record_class(technique).model_validate(record))
     if cfg.finetune_epochs > 0:
         task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
     return model.eval()

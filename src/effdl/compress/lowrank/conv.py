@@ -30,11 +30,31 @@ from pydantic import Field
 from torch import nn
 
 from ...core.registry import register
-from .common import LowRankConfig, Skip, check_rank, decompose, needs
+from .common import LowRankConfig, LowRankLayer, LowRankRecord, Skip, check_rank, decompose, needs
 from .modules import Factorized
 
 __all__ = ["CPConfig", "SpatialSVDConfig", "TuckerConfig", "cp", "cp_factors", "factorized", "spatial_factors",
            "spatial_svd", "tucker", "tucker_factors"]
+
+
+class ConvLayer(LowRankLayer):
+    rank: int | None = None  # cp, spatial_svd
+    ranks: list[int] | None = None  # tucker: (input, output) ranks
+
+
+class TuckerRecord(LowRankRecord):
+    key = "lowrank.tucker"
+    layers: dict[str, ConvLayer]
+
+
+class CPRecord(LowRankRecord):
+    key = "lowrank.cp"
+    layers: dict[str, ConvLayer]
+
+
+class SpatialSVDRecord(LowRankRecord):
+    key = "lowrank.spatial_svd"
+    layers: dict[str, ConvLayer]
 
 
 class _ConvConfig(LowRankConfig):

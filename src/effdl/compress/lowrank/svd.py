@@ -23,10 +23,32 @@ from torch import nn
 from ...core.errors import ConfigError
 from ...core.registry import register
 from ..prune.distribution import allocate
-from .common import LowRankConfig, Skip, check_rank, decompose, needs, select
+from ...core.records import Part
+from .common import LowRankConfig, LowRankLayer, LowRankRecord, Skip, check_rank, decompose, needs, select
 from .modules import Factorized
 
 __all__ = ["SVDConfig", "energy_rank", "svd", "svd_factors"]
+
+
+class SVDLayer(LowRankLayer):
+    rank: int
+    full_rank: int
+    energy_kept: float  # fraction of the squared singular values kept
+
+
+class SVDPoint(Part):
+    """A layer truncated alone to ``rank``: the fraction of its parameters removed and the quality drop."""
+
+    rank: int
+    removed: float
+    drop: float
+
+
+class SVDRecord(LowRankRecord):
+    key = "lowrank.svd"
+    layers: dict[str, SVDLayer]
+    sensitivity: dict[str, list[SVDPoint]] | None = None  # rank="sensitivity" only: each layer's curve
+    budget: float | None = None  # ... and the parameter budget allocated by it
 
 
 class SVDConfig(LowRankConfig):

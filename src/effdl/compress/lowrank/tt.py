@@ -20,12 +20,23 @@ from torch import nn
 
 from ...core.errors import ConfigError
 from ...core.registry import register
-from .common import LowRankConfig, Skip, check_rank, decompose, needs
+from .common import LowRankConfig, LowRankLayer, LowRankRecord, Skip, check_rank, decompose, needs
 from .modules import TTLinear
 
 __all__ = ["TTConfig", "balanced_factors", "tt", "tt_svd"]
 
 Mode = Annotated[int, Field(ge=1)]
+
+
+class TTLayer(LowRankLayer):
+    out_modes: list[int]
+    in_modes: list[int]
+    ranks: list[int]  # the bond ranks between consecutive cores
+
+
+class TTRecord(LowRankRecord):
+    key = "lowrank.tt"
+    layers: dict[str, TTLayer]
 
 
 class TTConfig(LowRankConfig):

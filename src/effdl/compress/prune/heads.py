@@ -26,10 +26,25 @@ from torch import nn
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
-from ...core.records import attach
+from ...core.records import Part, Record, attach
 from ...core.registry import register
 from ...core.scope import match_scopes
 from .structured import below_one, train_batches
+
+
+class HeadsKept(Part):
+    """One attention layer: its head count before pruning and the (sorted) heads it kept."""
+
+    before: int
+    kept: list[int]
+
+
+class HeadsRecord(Record):
+    """Per attention layer, the heads prune.heads kept."""
+
+    key = "heads"
+    root = "layers"
+    layers: dict[str, HeadsKept]
 
 
 @dataclass
@@ -207,8 +222,8 @@ def prune_heads(model: nn.Module, cfg: HeadPruneConfig, task) -> nn.Module:
         for s, heads in zip(sites, kept):
             if len(heads) < s.num_heads:
                 s.keep(heads)
-        attach(model, "heads", {s.name: {"before": before[s.name], "kept": heads}
-                                for s, heads in zip(sites, kept)})
+        attach(model, HeadsRecord(layers={s.name: HeadsKept(before=before[s.name], kept=heads)
+                                          for s, heads in zip(sites, kept)}))
     if cfg.finetune_epochs > 0:
         task.train(model, epochs=cfg.finetune_epochs, lr=cfg.lr)
     return model.eval()

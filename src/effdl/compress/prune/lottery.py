@@ -8,7 +8,7 @@ in total (``scope="global"``): the target is computed from n directly, not compo
 never drifts. ``control="random_reinit"`` trains, at every round, the ticket's mask with freshly
 drawn weights instead of theta_0 (the paper's control) and returns that model; the per-round
 history then holds both curves. The history is returned by ``find_ticket`` and attached to the
-returned model as a plain dict (``lottery_history(model)``).
+returned model as a ``LotteryRecord`` (``lottery_history(model)``).
 """
 from __future__ import annotations
 
@@ -22,13 +22,33 @@ from pydantic import Field
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
-from ...core.records import attach, records
+from ...core.records import Part, Record, attach, records
 from ...core.forms import refuse_quantized
 from ...core.registry import register
 from .sparse_training import Masks, apply_masks, masked_train, prunable_layers, reinitialise
 
 #: seed offset of the random-reinit control's weights, so they differ from theta_0's draw
 CONTROL_SEED_OFFSET = 1_000_003
+
+
+class LotteryRound(Part):
+    """One round: the weights left (overall fraction and per layer) and the ticket's accuracies
+    (``control``: the random-reinit control's, from round 1 when it is on)."""
+
+    round: int
+    weights_remaining: float
+    remaining_per_layer: dict[str, int]
+    ticket: dict[str, float]
+    control: dict[str, float] | None = None
+
+
+class LotteryRecord(Record):
+    """The search's history, as ``find_ticket`` returns it."""
+
+    key = "lottery"
+    config: dict[str, Any]
+    rewound_to: str
+    rounds: list[LotteryRound]
 
 
 class LotteryConfig(TechniqueConfig):
@@ -150,7 +170,7 @@ def find_ticket(
     return final.eval(), history
 
 
-def lottery_history(model: nn.Module) -> dict[str, Any]:
+def lottery_history(model: nn.Module) -> LotteryRecord:
     """The per-round history ``prune.lottery`` attached to its result."""
     hist = records(model).get("lottery")
     if hist is None:
@@ -162,6 +182,6 @@ def lottery_history(model: nn.Module) -> dict[str, Any]:
 def lottery(model: nn.Module, cfg: LotteryConfig, task) -> nn.Module:
     """Lottery-ticket search: iterative magnitude pruning with rewinding (init or early step k)."""
     final, history = find_ticket(model, task, cfg)
-    # A plain dict in the instance __dict__, not a module or buffer: state_dict and saving ignore it.
-    attach(final, "lottery", history)
+    # A record in the instance __dict__, not a module or buffer: state_dict and saving ignore it.
+    attach(final, LotteryRecord.model_validate(history))
     return final

@@ -8,9 +8,22 @@ as the ``trajectory`` record so the report can draw it.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn as nn
 
-from ...core.records import attach
+from ...core.records import Record, attach
+
+#: [fine-tuning epochs so far, amount removed, validation quality (None without a task), event]
+Point = tuple[float, float, float | None, Literal["start", "prune", "finetune"]]
+
+
+class TrajectoryRecord(Record):
+    """The quality path of a pruning schedule; ``kind`` says what the amount counts."""
+
+    key = "trajectory"
+    kind: Literal["weights", "channels"]
+    points: list[Point]
 
 
 class Trajectory:
@@ -30,4 +43,4 @@ class Trajectory:
 
     def attach(self, model: nn.Module) -> None:
         if self.task is not None and any(p[3] == "finetune" for p in self.points):
-            attach(model, "trajectory", {"kind": self.kind, "points": self.points})
+            attach(model, TrajectoryRecord(kind=self.kind, points=self.points))

@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from ...core.config import TechniqueConfig
-from ...core.records import attach
+from ...core.records import Record, attach
 from ...core.forms import refuse_quantized
 from ...core.registry import register
 from . import masks as masklib
@@ -31,6 +31,15 @@ from .schedule import epochs_to_steps, iterative_targets, train_gradual
 from .trajectory import Trajectory
 
 log = logging.getLogger(__name__)
+
+
+class SensitivityRecord(Record):
+    """Per layer: [(ratio, quality drop)] when that layer alone is pruned to each ratio (the
+    ``distribution="sensitivity"`` curves; the report's sensitivity plot)."""
+
+    key = "sensitivity"
+    root = "curves"
+    curves: dict[str, list[tuple[float, float]]]
 
 
 class WeightPruneConfig(TechniqueConfig):
@@ -139,7 +148,7 @@ def prune_weights(model: nn.Module, cfg: WeightPruneConfig, task) -> nn.Module:
     finally:
         masklib.fold(model)
     if pruner.curves is not None:  # for the report's sensitivity plot
-        attach(model, "sensitivity", {name: [list(p) for p in pts] for name, pts in pruner.curves.items()})
+        attach(model, SensitivityRecord(curves={name: list(pts) for name, pts in pruner.curves.items()}))
     return model.eval()
 
 

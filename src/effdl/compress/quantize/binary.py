@@ -33,7 +33,7 @@ from ...core.errors import ArtifactError, ConfigError, UnsupportedModuleError
 from ...core.records import attach
 from ...core.registry import register
 from .packing import pack, unpack
-from .qat import histogram_record
+from .qat import QuantErrorHistRecord, histogram_record
 from ...core.forms import refuse_quantized
 from .weight_only import WEIGHTED, EncodedWeightsModel, split_parts, target_layers
 
@@ -170,7 +170,7 @@ def _run(model: nn.Module, cfg: _ExtremeConfig, task, kind: str) -> ExtremeQuant
             hist[n] = histogram_record({"weights": value - m.weight})
             m.weight.copy_(value)
     out = ExtremeQuantModel(model.eval(), kind, parts)
-    attach(out, "quant_error_hist", hist)
+    attach(out, QuantErrorHistRecord(layers=hist))
     return out
 
 

@@ -31,11 +31,11 @@ import torch.nn as nn
 
 from ...core.config import TechniqueConfig
 from ...core.errors import ArtifactError, ConfigError
-from ...core.records import attach
+from ...core.records import Part, Record, attach
 from ...core.registry import register
 from ...core.forms import refuse_quantized
 from .packing import packed_nbytes
-from .qat import histogram_record
+from .qat import QuantErrorHistRecord, histogram_record
 from .scheme import check_bits
 from .weight_only import (
     split_parts,
@@ -49,6 +49,29 @@ from .weight_only import (
 __all__ = ["MixedConfig", "MixedPrecisionModel", "allocate", "layer_cost", "load_mixed", "mixed"]
 
 SCALE_BYTES = 4  # float32
+
+
+class MixedLayer(Part):
+    """One layer: its weights, chosen width, whether it was fixed at the widest (first/last) and its
+    sensitivity at each width (keys: the width as a string, as JSON keys are)."""
+
+    params: int
+    bits: int
+    fixed: bool
+    sensitivity: dict[str, float]
+    hessian_trace: float | None = None  # measure="hessian" only
+
+
+class MixedSensitivityRecord(Record):
+    """quantize.mixed's per-layer sensitivity table and allocation (the report's bar chart)."""
+
+    key = "quant_sensitivity"
+    measure: Literal["val_drop", "hessian"]
+    metric: str
+    budget: int | float  # in ``unit``s
+    cost: int  # of the chosen widths, in ``unit``s
+    unit: Literal["bytes", "bits"]
+    layers: dict[str, MixedLayer]
 
 
 class MixedConfig(TechniqueConfig):
@@ -236,14 +259,14 @@ def mixed(model: nn.Module, cfg: MixedConfig, task) -> MixedPrecisionModel:
             hist[name] = histogram_record({"weights": value - m.weight})
             m.weight.copy_(value)
     out = MixedPrecisionModel(model, cfg, parts, bits)
-    attach(out, "quant_sensitivity", {
-        "measure": cfg.measure, "metric": task.metric.name if cfg.measure == "val_drop" else "hessian proxy",
-        "budget": budget, "cost": sum(costs[n][bits[n]] for n in bits),
-        "unit": "bytes" if cfg.budget_bytes is not None else "bits",
-        "layers": {n: {"params": m.weight.numel(), "bits": bits[n], "fixed": n in ends,
-                       "sensitivity": {str(b): v for b, v in sens[n].items()},
-                       **({"hessian_trace": traces[n]} if traces else {})} for n, m in layers}})
-    attach(out, "quant_error_hist", hist)
+    attach(out, MixedSensitivityRecord(
+        measure=cfg.measure, metric=task.metric.name if cfg.measure == "val_drop" else "hessian proxy",
+        budget=budget, cost=sum(costs[n][bits[n]] for n in bits),
+        unit="bytes" if cfg.budget_bytes is not None else "bits",
+        layers={n: MixedLayer(params=m.weight.numel(), bits=bits[n], fixed=n in ends,
+                              sensitivity={str(b): v for b, v in sens[n].items()},
+                              hessian_trace=traces[n] if traces else None) for n, m in layers}))
+    attach(out, QuantErrorHistRecord(layers=hist))
     return out
 
 

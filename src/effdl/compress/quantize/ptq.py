@@ -35,7 +35,7 @@ from ...core.compressed import Int8Model, Int8Spec
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, DataError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
-from ...core.records import attach
+from ...core.records import Part, Record, attach
 from ...core.registry import register
 from ...core.scope import match_scopes
 from .calibration import MSE, Entropy
@@ -46,6 +46,21 @@ WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 #: calibration -> a fresh activation range estimator (8-bit, asymmetric: uint8 activations)
 ESTIMATORS = {"entropy": functools.partial(Entropy, bits=8), "mse": functools.partial(MSE, bits=8)}
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+class FP32Layer(Part):
+    """A layer INT8 quantization left in FP32: its module type and why."""
+
+    type: str
+    why: str
+
+
+class Int8LayersRecord(Record):
+    """What quantize.ptq quantized (``int8``) and kept in FP32 (``fp32``, the report's fallback table)."""
+
+    key = "int8_layers"
+    int8: list[str]
+    fp32: dict[str, FP32Layer]
 
 
 class PTQConfig(TechniqueConfig):
@@ -505,10 +520,10 @@ def quantize_int8(model: nn.Module, config: PTQConfig, task,
         reference, int8 = build_dynamic_reference(model, config, excluded)
         kernels = "dynamic int8 kernels (torch and ONNX Runtime) here cover Linear layers only"
     result = QuantizedModel(model, config, calibration, reference, int8, excluded, input_ranges)
-    kept = {n: {"type": type(model.get_submodule(n)).__name__,
-                "why": "no int8 kernel" if n in result.unsupported else "excluded (config.exclude)"}
+    kept = {n: FP32Layer(type=type(model.get_submodule(n)).__name__,
+                         why="no int8 kernel" if n in result.unsupported else "excluded (config.exclude)")
             for n in result.float_modules()}
-    attach(result, "int8_layers", {"int8": list(result.quantized_modules), "fp32": kept})
+    attach(result, Int8LayersRecord(int8=list(result.quantized_modules), fp32=kept))
     if result.unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in result.unsupported}
         warnings.warn(

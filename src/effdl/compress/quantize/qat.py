@@ -51,7 +51,7 @@ from torch.nn.utils import parametrize
 from ...core.compressed import float_reference
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError
-from ...core.records import attach
+from ...core.records import Part, Record, attach
 from ...core.forms import refuse_quantized
 from ...core.registry import register
 from .calibration import MovingAverageMinMax
@@ -234,6 +234,54 @@ class ActFakeQuant:
 
 
 # -- records for the report -------------------------------------------------------------------
+class ErrorHist(Part):
+    """One layer's error histograms: counts of each kind over one shared set of bin edges."""
+
+    edges: list[float]
+    weights: list[float] | None = None
+    activations: list[float] | None = None
+
+
+class QuantErrorHistRecord(Record):
+    """Per layer, the histogram of the quantization error (quantized - float) of its weights (and,
+    for QAT with activations, its inputs); quantize.qat, quantize.mixed and quantize.binary/ternary."""
+
+    key = "quant_error_hist"
+    root = "layers"
+    layers: dict[str, ErrorHist]
+
+
+class QATRecord(Record):
+    """Per layer, the mean squared weight quantization error before QAT and at each epoch's end."""
+
+    key = "qat_mse"
+    root = "mse"
+    mse: dict[str, list[float]]
+
+
+class ActRange(Part):
+    """A layer's observed input range and the range kept by quantization (the clip)."""
+
+    min: float
+    max: float
+    clip_lo: float
+    clip_hi: float
+
+
+class ActRangesRecord(Record):
+    key = "act_ranges"
+    root = "layers"
+    layers: dict[str, ActRange]
+
+
+class Int8AgreementRecord(Record):
+    """The fraction of INT8 weight codes equal to QAT's own grid (None: no layer to compare)."""
+
+    key = "qat_int8_agreement"
+    root = "agreement"
+    agreement: float | None
+
+
 def histogram_record(errors: dict[str, torch.Tensor], bins: int = 31) -> dict[str, list[float]]:
     """{"edges", <kind>: counts} of each error tensor over one shared symmetric range."""
     m = max((float(e.abs().max()) for e in errors.values() if e.numel()), default=0.0) or 1e-12
@@ -365,10 +413,10 @@ def qat(model: nn.Module, cfg: QATConfig, task) -> nn.Module:
         if name in act_err:
             errs["activations"] = act_err[name]
         hist[name] = histogram_record(errs)
-    attach(out, "qat_mse", mse)
-    attach(out, "quant_error_hist", hist)
+    attach(out, QATRecord(mse=mse))
+    attach(out, QuantErrorHistRecord(layers=hist))
     if ranges:
-        attach(out, "act_ranges", ranges)
+        attach(out, ActRangesRecord(layers=ranges))
     return out
 
 
@@ -414,5 +462,5 @@ def _to_int8(model: nn.Module, cfg: QATConfig, task, parts, ranges: dict[str, di
         qat_codes = unpack(p["packed"], 8, ptq_codes.numel(), signed=True).reshape(ptq_codes.shape).to(torch.int64)
         same += int((ptq_codes == qat_codes).sum())
         count += ptq_codes.numel()
-    attach(q, "qat_int8_agreement", same / count if count else None)
+    attach(q, Int8AgreementRecord(agreement=same / count if count else None))
     return q

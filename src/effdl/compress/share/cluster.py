@@ -44,7 +44,7 @@ from ...core.compressed import CompressedModel
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.forms import refuse_quantized
-from ...core.records import attach, records
+from ...core.records import Part, Record, attach, records
 from ...core.registry import register
 from ...core.scope import is_excluded, match_scopes
 from ..prune.distribution import PRUNABLE
@@ -54,6 +54,42 @@ __all__ = ["ClusterConfig", "ClusteredModel", "SharedWeights", "cluster", "clust
 
 INITS = ("linear", "density", "random")
 HIST_BINS = 100  # of the weight histogram in the report's record
+
+
+class ClusterLayer(Part):
+    """What the Deep Compression container holds for one clustered layer (``deep_compression.storage_record``)."""
+
+    bits: int
+    shared_values: int
+    params: int
+    nonzero: int
+    sparsity: float
+    codebook_bytes: int
+    bias_bytes: int
+    bytes_fixed: int  # the layer's record with fixed-width indices
+    bytes_huffman: int  # ... Huffman coded
+    gap_bits: int
+    stored: Literal["huffman", "fixed"]  # which of the two the file holds
+    bytes_stored: int
+    dense_bytes: int  # its weight and bias as dense FP32
+
+
+class ClusterHistogram(Part):
+    """The largest clustered layer's non-zero weights before clustering, with its centroids after
+    k-means and now (after fine-tuning, when any)."""
+
+    layer: str
+    edges: list[float]
+    counts: list[int]
+    centroids_kmeans: list[float]
+    centroids: list[float]
+
+
+class ClusterRecord(Record):
+    key = "share.cluster"
+    layers: dict[str, ClusterLayer]
+    container_bytes: int
+    histogram: ClusterHistogram
 
 
 class ClusterConfig(TechniqueConfig):
@@ -244,11 +280,12 @@ def _attach_record(model: nn.Module, new: dict) -> None:
     from .deep_compression import storage_record
 
     rec = storage_record(model)
-    old = (records(model).get("share.cluster") or {}).get("histogram")
+    earlier = records(model).get(ClusterRecord.key)
+    old = earlier.histogram.model_dump() if earlier is not None else None
     hist = dict(max((h for h in (old, new) if h), key=lambda h: rec["layers"].get(h["layer"], {}).get("params", -1)))
     layer = dict(unwrap(model).named_modules())[hist["layer"]]
     hist["centroids"] = shared_weights_of(layer).codebook.detach().double().tolist()
-    attach(model, "share.cluster", {**rec, "histogram": hist})
+    attach(model, ClusterRecord(**rec, histogram=hist))
 
 
 def _needs(cfg: ClusterConfig) -> str:
