@@ -54,7 +54,7 @@ def run(mode: dict, log) -> list[dict]:
                        "baseline_test": base, "test": task.evaluate(pruned, "test")["accuracy"],
                        "params": sum(p.numel() for p in pruned.parameters()),
                        "base_params": sum(p.numel() for p in task.model.parameters()),
-                       "trajectory": records(pruned)["trajectory"]["points"], "seconds": time.perf_counter() - t0}
+                       "trajectory": [list(p) for p in records(pruned)["trajectory"].points], "seconds": time.perf_counter() - t0}
                 rows.append(row)
                 log(f"{model_name} {ratio} {name}: {100 * row['test']:.1f}% (baseline {100 * base:.1f}%)")
     return rows

@@ -72,12 +72,12 @@ def _variants(model_name: str, method: str, mode: dict, log) -> list[dict]:
         rec = records(raw)[cfg.technique]
         tuned = task.train(copy.deepcopy(raw), epochs=epochs, lr=lr)
         row = {"label": f"{method} ratio {ratio}", "ratio": ratio, "params": n_params(raw),
-               "acc_before": _acc(task, raw), "acc_after": _acc(task, tuned), "skipped": rec["skipped"],
-               "ranks": {n: info.get("rank", info.get("ranks")) for n, info in rec["layers"].items()},
+               "acc_before": _acc(task, raw), "acc_after": _acc(task, tuned), "skipped": rec.skipped,
+               "ranks": {n: getattr(info, "rank", None) or getattr(info, "ranks", None) for n, info in rec.layers.items()},
                "finetune_epochs": epochs, "seconds": round(time.perf_counter() - t0, 1), "model": tuned}
         out.append(row)
         log(f"  {row['label']}: {row['params']} params, {row['acc_before']}% -> {row['acc_after']}% "
-            f"after {epochs} epoch(s); dense layers: {sorted(rec['skipped']) or 'none'}")
+            f"after {epochs} epoch(s); dense layers: {sorted(rec.skipped) or 'none'}")
     return out
 
 

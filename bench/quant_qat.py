@@ -106,7 +106,7 @@ def run(mode: dict, log) -> dict:
             rec = records(q)
             note = ""
             if "qat_int8_agreement" in rec:
-                note = f"int8 codes equal to the QAT grid: {100 * rec['qat_int8_agreement']:.1f}%"
+                note = f"int8 codes equal to the QAT grid: {100 * rec['qat_int8_agreement'].agreement:.1f}%"
             if hasattr(q, "bits") and isinstance(q.bits, dict):
                 note = "bits " + ", ".join(f"{n}={b}" for n, b in q.bits.items())
             row = {"weights": weights, "method": method, "config": cfg.short(), "accuracy": round(acc, 2),
