@@ -9,6 +9,7 @@ from torch import nn
 
 import effdl
 from effdl.compress import lowrank
+from effdl.compress.lowrank.common import LowRankRecord
 from effdl.compress.lowrank.conv import CPRecord, SpatialSVDRecord, TuckerRecord
 from effdl.compress.lowrank.svd import SVDRecord
 from effdl.compress.lowrank.tt import TTRecord
@@ -87,6 +88,8 @@ def test_attach_takes_only_typed_records():
         attach(model, "sensitivity", {"fc1": [[0.5, 0.1]]})  # the old (key, value) form
     with pytest.raises(ConfigError, match="got UnknownRecord"):
         attach(model, UnknownRecord(data=1))
+    with pytest.raises(ConfigError, match="got LowRankRecord"):  # the abstract base has no key of its own
+        attach(model, LowRankRecord(layers={}, skipped={}, params_before=0, params_after=0))
     rec = SensitivityRecord(curves={"w": [(0.5, 0.1)]})
     attach(model, rec)
     assert records(model) == {"sensitivity": rec}

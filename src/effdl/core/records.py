@@ -110,10 +110,13 @@ def _import_techniques() -> None:
 
 def attach(model: nn.Module, record: Record) -> None:
     """Leave ``record`` on ``model`` under its class's key (replacing an earlier one of that kind)."""
-    if not isinstance(record, Record) or isinstance(record, UnknownRecord):
-        raise ConfigError(f"attach takes a typed record (a subclass of effdl.core.records.Record with a key), got "
-                          f"{type(record).__name__}: define a Record class for the data and attach an instance of it")
-    model.__dict__.setdefault(_ATTR, {})[record.key] = record
+    key = getattr(type(record), "key", None)
+    # only registered classes: their key is what parse_records reads the JSON back with
+    if not isinstance(record, Record) or _CLASSES.get(key) is not type(record):
+        raise ConfigError(f"attach takes a typed record (an instance of a registered subclass of "
+                          f"effdl.core.records.Record, with its own key), got {type(record).__name__}: define a Record "
+                          "class with a key for the data and attach an instance of it")
+    model.__dict__.setdefault(_ATTR, {})[key] = record
 
 
 def records(model: nn.Module) -> dict[str, Record]:
