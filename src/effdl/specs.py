@@ -81,18 +81,20 @@ def _text_task(model: str, data: str, *, eval_limit: int | None, seed: int) -> T
     from .core.tasks import CausalLM, SentenceEmbedding
     from .data import load_text
     from .zoo import load_text_model
+    from .zoo.text import text_arch
 
     text = load_text(data, seed=seed)
     defaults = TEXT_DEFAULTS[text.kind]
+    arch, want = text_arch(model), _TEXT_KINDS[text.kind]
+    if arch != want:
+        raise DataError(f"--data {data!r} ({text.kind}) needs a text {want}, but {model} is "
+                        f"{'an' if arch == 'encoder' else 'a'} {arch}: "
+                        + ("use an encoder such as zoo:minilm" if want == "encoder"
+                           else "use a causal language model such as zoo:smollm2-135m"))
     head = "embedding" if text.kind == "pairs" else None
     if text.kind == "labelled":
         head = f"classifier:{len(text.train.label_names)}"
     tm = load_text_model(model, head=head) if head else load_text_model(model)
-    if tm.arch != _TEXT_KINDS[text.kind]:
-        want = _TEXT_KINDS[text.kind]
-        raise DataError(f"--data {data!r} ({text.kind}) needs a text {want}, but {model} is {'an' if tm.arch == 'encoder' else 'a'} {tm.arch}: "
-                        + ("use an encoder such as zoo:minilm" if want == "encoder"
-                           else "use a causal language model such as zoo:smollm2-135m"))
     seq_len = min(defaults["seq_len"], tm.max_length) if tm.max_length else defaults["seq_len"]
     if text.kind == "pairs":
         pairs = {}

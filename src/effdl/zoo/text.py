@@ -101,6 +101,27 @@ def load_text_model(spec: str, *, head: str | None = None, allow_pickle: bool = 
                      "(a local Hugging Face model directory)")
 
 
+#: the architecture of each pretrained text model of the zoo
+_ZOO_ARCH = {"minilm": "encoder", "smollm2-135m": "decoder"}
+
+
+def text_arch(spec: str) -> str:
+    """"encoder" or "decoder" for a text model spec, from its config only (nothing is loaded), so a
+    caller can check that a model fits the data before loading it."""
+    if spec.startswith("zoo:") and spec[4:] in _ZOO_ARCH:
+        return _ZOO_ARCH[spec[4:]]
+    if spec.startswith("hf:"):
+        try:
+            model_type = json.loads((Path(spec[3:]).expanduser() / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None  # load_text_model gives the precise error
+        if model_type in ENCODERS:
+            return "encoder"
+        if model_type in DECODERS:
+            return "decoder"
+    return load_text_model(spec).arch  # raises the precise error for anything else
+
+
 def _encoder_head(head: str | None, spec: str) -> int | None:
     """None for the embedding wrapper, else the classifier's number of classes (checked before loading)."""
     if head is None or head == "embedding":

@@ -190,6 +190,26 @@ class QuantizedModel(Int8Model):
         return out
 
 
+def _attach_error_records(result: "QuantizedModel", ranges: dict[str, tuple[float, float, float, float]]) -> None:
+    """The report's quantization views for PTQ: per int8 layer, the histogram of its stored weights'
+    error (int8 * scale - float, the same codes ``storage_tensors`` writes), and for static INT8 each
+    layer's calibrated input range with the clip calibration chose."""
+    from .qat import ActRange, ActRangesRecord, ErrorHist, QuantErrorHistRecord, histogram_record
+
+    layers = {}
+    for name in result.quantized_modules:
+        w = result.float_model.get_submodule(name).weight.detach().float()
+        q, scale = quantize_weight(w, result.config.weight_granularity)
+        err = q.float() * scale.reshape((-1,) + (1,) * (w.dim() - 1)) - w
+        layers[name] = ErrorHist(**histogram_record({"weights": err}))
+    if layers:
+        attach(result, QuantErrorHistRecord(layers=layers))
+    if any(n in result.quantized_modules for n in ranges):
+        attach(result, ActRangesRecord(layers={n: ActRange(min=lo, max=hi, clip_lo=a, clip_hi=b)
+                                               for n, (lo, hi, a, b) in ranges.items()
+                                               if n in result.quantized_modules}))
+
+
 def quantize_weight(w: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 of a Conv/Linear weight (output channels on dim 0): (int8 tensor, scale)."""
     flat = w.reshape(w.shape[0], -1)
@@ -322,12 +342,15 @@ def _quantizer(config: PTQConfig, excluded: tuple[str, ...]):
     return quantizer
 
 
-def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    batch = torch.export.Dim("batch")
+def _export(model: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str] | None = None) -> nn.Module:
+    """torch.export with the task's dynamic axes (the batch; and the sequence of token inputs, so the
+    INT8 graph runs at any length, as the float model does)."""
+    axes = dict(dynamic_axes or {0: "batch"})
     if example.shape[0] < 2:  # a batch of 1 would be specialised to a constant by torch.export
         example = example.expand(2, *example.shape[1:]).contiguous()
     try:
-        gm = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+        shapes = {d: torch.export.Dim(name) if d == 0 else torch.export.Dim.AUTO for d, name in axes.items()}
+        gm = torch.export.export(model, (example,), dynamic_shapes=(shapes,)).module()
         # outputs nobody uses (e.g. a BERT pooler next to the pooled embedding) would reach the
         # quantizer as dangling patterns, which it cannot annotate
         gm.graph.eliminate_dead_code()
@@ -374,6 +397,30 @@ def _warn_degenerate(prepared) -> None:
                 "Use calibration data that varies (real inputs, more batches)",
                 RuntimeWarning, stacklevel=3,
             )
+
+
+def _activation_ranges(prepared, rewritten: frozenset[str]) -> dict[str, tuple[float, float, float, float]]:
+    """Layer -> (observed min, observed max, clip lo, clip hi) of its calibrated uint8 input: what
+    calibration saw and the range the scale / zero point keep (the rest saturates)."""
+    from torchao.quantization.pt2e import ObserverBase
+
+    from .observers import EstimatorObserver, PercentileObserver
+
+    out = {}
+    for node in prepared.graph.nodes:
+        obs = getattr(prepared, node.target, None) if node.op == "call_module" else None
+        if not isinstance(obs, ObserverBase) or obs.qscheme != torch.per_tensor_affine:
+            continue
+        lo, hi = (obs.lo, obs.hi) if isinstance(obs, (PercentileObserver, EstimatorObserver)) else (obs.min_val, obs.max_val)
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            continue
+        scale, zp = (float(t.reshape(-1)[0]) for t in obs.calculate_qparams())
+        clip = ((obs.quant_min - zp) * scale, (obs.quant_max - zp) * scale)
+        for user in node.users:
+            layer = _module_of(user, rewritten)
+            if layer is not None and layer not in out:
+                out[layer] = (float(lo), float(hi), *clip)
+    return out
 
 
 class _Conv1dAs2d(nn.Module):
@@ -460,10 +507,11 @@ _NOISY = ("The input of maxpool2d is not quantized", "must run observer before c
 
 def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch.Tensor],
                     excluded: tuple[str, ...], input_ranges: dict[str, tuple[float, float]] | None = None,
-                    ) -> tuple[nn.Module, tuple[str, ...]]:
+                    dynamic_axes: dict[int, str] | None = None,
+                    ) -> tuple[nn.Module, tuple[str, ...], dict[str, tuple[float, float, float, float]]]:
     """Export, insert observers, calibrate (then pin the ``input_ranges`` given), convert: the
-    simulated-INT8 q/dq GraphModule, and the names of the float model's modules whose weights it
-    holds in int8."""
+    simulated-INT8 q/dq GraphModule, the names of the float model's modules whose weights it holds
+    in int8, and each layer's calibrated input range with its clip (``_activation_ranges``)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -471,7 +519,7 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
         for msg in _NOISY:  # torchao's informational chatter, not a problem of the user's model
             warnings.filterwarnings("ignore", message=msg)
         traced, rewritten = _conv1d_as_conv2d(model)
-        exported = _export(traced, calibration[0])
+        exported = _export(traced, calibration[0], dynamic_axes)
         try:
             prepared = prepare_pt2e(exported, _quantizer(config, excluded))
         except Exception as exc:  # the quantizer's pattern matching raises bare IndexError/KeyError/...
@@ -487,9 +535,10 @@ def build_reference(model: nn.Module, config: PTQConfig, calibration: list[torch
         if input_ranges:
             _fix_input_ranges(prepared, input_ranges, rewritten)
         _warn_degenerate(prepared)
+        ranges = _activation_ranges(prepared, rewritten)
         converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
-    return converted, _int8_modules(converted, rewritten)
+    return converted, _int8_modules(converted, rewritten), ranges
 
 
 @register("quantize.ptq", PTQConfig, needs="calibration", models=("cnn", "mlp", "encoder", "decoder"), example=lambda: PTQConfig(num_batches=1, batch_size=8))
@@ -514,16 +563,20 @@ def quantize_int8(model: nn.Module, config: PTQConfig, task,
     _check_calibration(model, calibration, task)
     model = prepare_float(model, config, calibration, excluded)
     if config.mode == "static":
-        reference, int8 = build_reference(model, config, calibration, excluded, input_ranges)
+        reference, int8, ranges = build_reference(model, config, calibration, excluded, input_ranges,
+                                                  task.dynamic_axes)
         kernels = "the x86 int8 quantizer (Conv1d/Conv2d and Linear patterns) did not match them"
     else:
         reference, int8 = build_dynamic_reference(model, config, excluded)
+        ranges = {}  # activations are quantized per batch at run time: nothing calibrated
         kernels = "dynamic int8 kernels (torch and ONNX Runtime) here cover Linear layers only"
     result = QuantizedModel(model, config, calibration, reference, int8, excluded, input_ranges)
     kept = {n: FP32Layer(type=type(model.get_submodule(n)).__name__,
                          why="no int8 kernel" if n in result.unsupported else "excluded (config.exclude)")
             for n in result.float_modules()}
     attach(result, Int8LayersRecord(int8=list(result.quantized_modules), fp32=kept))
+    if not input_ranges:  # QAT's conversion: its own records (trained ranges, per-epoch error) are the story
+        _attach_error_records(result, ranges)
     if result.unsupported:
         kinds = {n: type(model.get_submodule(n)).__name__ for n in result.unsupported}
         warnings.warn(
