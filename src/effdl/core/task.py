@@ -271,12 +271,28 @@ class Task(ABC):
 
 
 class LabelledTask(Task):
-    """A task whose targets are class ids (classification of tensors or of text)."""
+    """A task whose targets are class ids (classification of tensors or of text): outputs are logits
+    of shape (batch, num_classes), the metric is accuracy, the loss cross-entropy."""
+
+    _num_classes: int
+    #: what to do when the model's outputs are not (batch, num_classes) logits
+    output_fix: ClassVar[str] = "the model must return class logits"
 
     @property
-    @abstractmethod
     def num_classes(self) -> int:
-        """Number of classes; outputs are logits of shape (batch, num_classes)."""
+        return self._num_classes
+
+    @property
+    def metric(self) -> MetricSpec:
+        return MetricSpec("accuracy", True)
+
+    def output_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(outputs, targets)
+
+    def check_logits(self, out: torch.Tensor) -> None:
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ModelError(f"the model outputs shape {tuple(out.shape)} but the data has {self.num_classes} "
+                             f"classes: expected logits of shape (batch, {self.num_classes}); {self.output_fix}")
 
 
 def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:

@@ -269,6 +269,9 @@ class ActRange(Part):
 
 
 class ActRangesRecord(Record):
+    """Per layer, its input's observed range and the clip quantization kept (QAT's trained ranges, or
+    quantize.ptq's calibration)."""
+
     key = "act_ranges"
     root = "layers"
     layers: dict[str, ActRange]

@@ -5,11 +5,10 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, DataError, ModelError
-from ..task import Batch, LabelledTask, MetricSpec, Predictor, check_forward, eval_mode_outputs
+from ..task import Batch, LabelledTask, Predictor, check_forward, eval_mode_outputs
 
 SPLITS = ("train", "val", "test")
 
@@ -60,22 +59,7 @@ class Classification(LabelledTask):
         self.seed = seed
         self.input_shape = tuple(x0.shape)
         self._num_classes = num_classes or int(max(int(train[i][1]) for i in range(len(train)))) + 1
-        check_forward(self, model, self._check_output)
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes
-
-    @property
-    def metric(self) -> MetricSpec:
-        return MetricSpec("accuracy", True)
-
-    def _check_output(self, out: torch.Tensor) -> None:
-        if out.ndim != 2 or out.shape[1] != self.num_classes:
-            raise ModelError(
-                f"the model outputs shape {tuple(out.shape)} but the data has {self.num_classes} "
-                f"classes: the model must return logits of shape (batch, {self.num_classes})"
-            )
+        check_forward(self, model, self.check_logits)
 
     def with_model(self, model: nn.Module) -> "Classification":
         new = object.__new__(type(self))
@@ -124,9 +108,6 @@ class Classification(LabelledTask):
         return torch.stack([ds[i % len(ds)][0] for i in range(batch_size)]).float()
 
     # -- quality and training ---------------------------------------------------------------------
-    def output_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)
-
     def logits(self, predictor: Predictor | nn.Module, split: str = "test", batch_size: int = 256):
         """(logits, labels) over a whole split. Modules are put in eval mode for the call."""
         data = list(self.batches(split, batch_size))

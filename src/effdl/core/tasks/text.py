@@ -156,6 +156,7 @@ class TextClassification(TokenTask, LabelledTask):
     kind = "text-classification"
     output_kind = "logits"
     parity_samples = 64
+    output_fix = "load the encoder with a classification head (load_text_model(..., head='classifier:<C>'))"
 
     def __init__(self, model: nn.Module, tokenizer, texts: dict[str, Sequence[str]], labels: dict[str, Sequence[int]],
                  *, num_classes: int, pad_id: int, seq_len: int = 128, max_length: int | None = None,
@@ -170,27 +171,11 @@ class TextClassification(TokenTask, LabelledTask):
             if len(self.labels[s]) != len(self.ids[s]):
                 raise DataError(f"the {s} split has {len(self.ids[s])} texts but {len(self.labels[s])} labels")
         self._num_classes = num_classes
-        check_forward(self, model, self._check_output)
-
-    @property
-    def num_classes(self) -> int:
-        return self._num_classes
-
-    @property
-    def metric(self) -> MetricSpec:
-        return MetricSpec("accuracy", True)
-
-    def _check_output(self, out: torch.Tensor) -> None:
-        if out.ndim != 2 or out.shape[1] != self.num_classes:
-            raise ModelError(f"the text model outputs shape {tuple(out.shape)}, expected (batch, {self.num_classes}) "
-                             "class logits: load the encoder with a classification head")
+        check_forward(self, model, self.check_logits)
 
     def targets(self, split: str, idx: torch.Tensor) -> torch.Tensor:
         sub = self._subset if split == "train" else None
         return self.labels[split][sub[idx] if sub is not None else idx]
-
-    def output_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)
 
     def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
         logits = self._outputs(predictor, self._rows(split))
