@@ -182,3 +182,13 @@ def test_text_distillation_pulls_a_compressed_encoder_back_to_the_reference(toke
     assert task.evaluate(out, "val")["cos_mean"] > before
     with pytest.raises(ConfigError, match="distils from the task's own model only"):
         apply(student, DistillConfig(epochs=0.1, mixup=0.2), task=task)
+
+
+def test_a_capped_stsb_split_is_a_seeded_sample_of_the_whole_file(stsb):
+    task = build_task("zoo:minilm", "stsb", eval_limit=50)
+    assert task.n_pairs["val"] == task.n_pairs["test"] == 50 and task.n_pairs["train"] == len(stsb.train)
+    again = build_task("zoo:minilm", "stsb", eval_limit=50)
+    assert torch.equal(task.ids["test"], again.ids["test"])  # the same sample every time
+    # STS-B's test file runs genre by genre: the sample reaches past its first 50 rows
+    assert not np.array_equal(task.scores["test"], stsb.test.scores[:50].astype(np.float64))
+    assert set(task.scores["test"].tolist()) <= set(stsb.test.scores.astype(np.float64).tolist())

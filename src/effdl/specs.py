@@ -11,6 +11,8 @@ Anything else is refused with an error naming what each side is and what would m
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .core.errors import ConfigError, DataError
 from .core.task import Task
 
@@ -100,9 +102,11 @@ def _text_task(model: str, data: str, *, eval_limit: int | None, seed: int) -> T
         pairs = {}
         for split in ("train", "val", "test"):
             p = text.split(split)
-            n = _cap(defaults.get(split), eval_limit if split != "train" else None) or len(p)
-            n = min(n, len(p))
-            pairs[split] = (p.sentences_a[:n], p.sentences_b[:n], p.scores[:n])
+            n = min(_cap(defaults.get(split), eval_limit if split != "train" else None) or len(p), len(p))
+            # STS-B's files run genre by genre: a capped split is a seeded random sample, not the first rows
+            keep = sorted(np.random.default_rng(seed).permutation(len(p))[:n].tolist()) if n < len(p) else range(n)
+            pairs[split] = ([p.sentences_a[i] for i in keep], [p.sentences_b[i] for i in keep],
+                            np.asarray([p.scores[i] for i in keep]))
         return SentenceEmbedding(tm.module, tm.tokenizer, pairs, pad_id=tm.pad_id, seq_len=seq_len,
                                  max_length=tm.max_length, seed=seed)
     if text.kind == "corpus":
