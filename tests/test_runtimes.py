@@ -7,6 +7,7 @@ two models below, once each, through module-scoped fixtures.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import onnx
 import pytest
@@ -190,3 +191,16 @@ def test_onnx_over_2gb_is_refused_before_any_file_is_written(tasks, tmp_path):
     with pytest.raises(ArtifactError, match="2 GB single-file ONNX limit"):
         lower(_Huge(), "ort", task=tasks["mlp"], workdir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ort_int8_lowerings_take_a_relative_workdir_and_leave_the_cwd_clean(digits_task, tmp_path, monkeypatch):
+    # ORT's pre-processing runs in a temporary working directory; a relative workdir must still resolve
+    from effdl import apply
+    from effdl.compress.quantize import PTQConfig
+    from effdl.deploy.runtimes import lower
+
+    monkeypatch.chdir(tmp_path)
+    q = apply(digits_task, PTQConfig(mode="dynamic"))
+    low = lower(q, "ort-int8-dynamic", task=digits_task, workdir=Path("rel/wd"), threads=1, batch_sizes=(1, 4))
+    assert not low.artifact.is_absolute() and (tmp_path / low.artifact).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel"]  # nothing dumped in the cwd

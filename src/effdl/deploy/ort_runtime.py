@@ -164,13 +164,14 @@ def _quantize_onnx(model: nn.Module, spec: Int8Spec, task, workdir: Path, tag: s
 
                 # ORT's symbolic shape inference dumps its model into the working directory when it
                 # cannot resolve a shape: work inside the temporary directory
+                src, dst = str(float_path.resolve()), str(pre.resolve())  # absolute: the cwd changes
                 with contextlib.chdir(tmp):
                     try:
-                        quant_pre_process(str(float_path), str(pre), auto_merge=True)
+                        quant_pre_process(src, dst, auto_merge=True)
                     except Exception:  # noqa: BLE001 - symbolic inference gives up on some dynamic
                         # sequence graphs (attention reshapes); it only serves graph optimisation here
                         notes.append("symbolic shape inference incomplete: pre-processed without it")
-                        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+                        quant_pre_process(src, dst, skip_symbolic_shape=True)
                 quantize(pre, staged, exclude_nodes)
         except Exception as exc:  # ORT's quantizer raises many types
             raise UnsupportedModuleError(
