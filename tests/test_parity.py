@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 from test_runtimes import small_mlp, trained_task
 
 from effdl.core.errors import DataError
@@ -105,3 +106,33 @@ def test_reference_module_in_train_mode_is_compared_in_eval_and_restored(task, i
     model = copy.deepcopy(task.model).train()
     res = check_parity(model, lowered(lambda x: task.model(x)), inputs)
     assert res.ok and model.training
+
+
+def test_embeddings_are_gated_by_cosine_and_token_logits_by_per_token_top1():
+    from effdl.deploy.lowered import Lowered
+
+    g = torch.Generator().manual_seed(0)
+    ref = nn.Linear(8, 16).eval()
+    x = [torch.randn(32, 8, generator=g)]
+    with torch.no_grad():
+        out = ref(x[0])
+    # noise of 15% of each row's norm: cosine ~0.99 per sample, SQNR ~16.5 dB
+    noise = torch.randn(out.shape, generator=g)
+    noise = 0.15 * noise / noise.norm(dim=1, keepdim=True) * out.norm(dim=1, keepdim=True)
+    low = Lowered("noisy", "int8", False, lambda t: ref(t) + noise[: t.shape[0]])
+    emb = check_parity(ref, low, x, output_kind="embedding", min_cosine=0.98)
+    cos = torch.nn.functional.cosine_similarity(out + noise, out, dim=1)
+    assert emb.ok and emb.cos_min == pytest.approx(float(cos.min()), abs=1e-6) and emb.sqnr_db < 20
+    strict = check_parity(ref, low, x, output_kind="embedding", min_cosine=0.999)
+    assert not strict.ok and "min cosine similarity" in strict.reason
+    assert not check_parity(ref, low, x).ok  # class logits keep the SQNR gate
+    # token logits [B, T, V]: agreement is counted per position along the vocabulary
+    tokens = [torch.randn(2, 5, 8, generator=g)]
+    lm = nn.Linear(8, 4).eval()
+    with torch.no_grad():
+        logits = lm(tokens[0])
+    flip = logits.clone()
+    flip[0, 0] = -flip[0, 0]  # one of the 10 positions changes its top-1 (and only that one)
+    changed = int(flip[0, 0].argmax() != logits[0, 0].argmax())
+    res = check_parity(lm, Lowered("flip", "int8", False, lambda t: flip), tokens, output_kind="token-logits")
+    assert res.top1_agreement == pytest.approx(1 - changed / 10)

@@ -76,9 +76,10 @@ def check_parity(
 
     ``reference`` is the source model (an nn.Module is evaluated in eval mode, then restored) or
     any batch -> logits callable. Which test applies is ``lowered.lossless``. ``output_kind``
-    (``Task.output_kind``) says what agreement means for a lossy lowering: the same top-1 class
-    ("logits"), the same top-1 token at every position ("token-logits"), or a cosine similarity of
-    at least ``min_cosine`` for every sample ("embedding").
+    (``Task.output_kind``) says what agreement means for a lossy lowering: SQNR >= ``min_sqnr_db``
+    and the same top-1 class ("logits") or the same top-1 token at every position ("token-logits");
+    for embeddings, the task's own fidelity measure instead: a cosine similarity of at least
+    ``min_cosine`` for every sample.
     """
     if not inputs:
         raise DataError("check_parity needs at least one input batch (use parity_inputs(task))")
@@ -146,7 +147,9 @@ def check_parity(
                 f"where {atol + rtol * float(mag.flatten()[i]):.3g} is allowed; max |y - x| = {max_abs:.3g}"
             )
     else:
-        if snr < min_sqnr_db:
+        # embeddings are judged by the task's own fidelity measure, the cosine of every sample (an SQNR of
+        # 17-19 dB is still a min cosine near 0.99); the SQNR is recorded either way
+        if snr < min_sqnr_db and output_kind != "embedding":
             reasons.append(f"SQNR {snr:.2f} dB is below the required {min_sqnr_db:g} dB")
         if agree < min_top1_agreement:
             reasons.append(f"top-1 agreement {agree:.4f} is below the required {min_top1_agreement:g}")
