@@ -192,3 +192,41 @@ def test_a_capped_stsb_split_is_a_seeded_sample_of_the_whole_file(stsb):
     # STS-B's test file runs genre by genre: the sample reaches past its first 50 rows
     assert not np.array_equal(task.scores["test"], stsb.test.scores[:50].astype(np.float64))
     assert set(task.scores["test"].tolist()) <= set(stsb.test.scores.astype(np.float64).tolist())
+
+
+def test_text_data_factories(tmp_path, stsb):
+    factory = tmp_path / "mytext.py"
+    factory.write_text(
+        "from effdl.data import load_text\n"
+        "from effdl.data.text import SentencePairs, TextData\n"
+        "def pairs():\n"
+        "    s = load_text('stsb')\n"
+        "    cut = lambda p, n: SentencePairs(p.sentences_a[:n], p.sentences_b[:n], p.scores[:n])\n"
+        "    return TextData('mine', 'pairs', 'a few STS-B pairs', 'none', cut(s.train, 32), cut(s.val, 16), cut(s.test, 16))\n"
+        "def wrong():\n"
+        "    return ['a', 'b']\n"
+        "def texts_as_tensors():\n"
+        "    import torch\n"
+        "    from torch.utils.data import Dataset\n"
+        "    class T(Dataset):\n"
+        "        def __len__(self): return 4\n"
+        "        def __getitem__(self, i): return 'a sentence', 0\n"
+        "    return T(), T(), T()\n")
+    task = build_task("zoo:minilm", f"{factory}:pairs")
+    assert isinstance(task, SentenceEmbedding) and task.n_pairs == {"train": 32, "val": 16, "test": 16}
+    with pytest.raises(DataError, match="must return an effdl.data.TextData"):
+        build_task("zoo:minilm", f"{factory}:wrong")
+    with pytest.raises(DataError, match=r"items of the train split must be \(x tensor, y label\) pairs"):
+        build_task("zoo:lenet5", f"{factory}:texts_as_tensors")
+
+
+@pytest.mark.slow
+def test_sentiment_gets_a_trained_cached_head(tokenizer):
+    from effdl.core.tasks import TextClassification
+
+    task = build_task("zoo:minilm", "sentiment", eval_limit=300)
+    assert isinstance(task, TextClassification) and task.num_classes == 3 and task.ids["val"].shape[0] == 300
+    acc = task.evaluate(task.model, "val")["accuracy"]
+    assert acc > 0.5  # chance is ~0.33 for three classes; a linear probe of MiniLM embeddings does far better
+    again = build_task("zoo:minilm", "sentiment", eval_limit=300)  # the cached head, loaded
+    assert torch.equal(again.model.head.weight, task.model.head.weight)

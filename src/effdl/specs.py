@@ -5,7 +5,9 @@
 - ``stsb`` (sentence pairs) with an encoder (``zoo:minilm``, ``hf:DIR``) -> ``SentenceEmbedding``;
 - ``sentiment`` (labelled texts) with an encoder -> ``TextClassification`` (the classification head is
   trained once on the train split and cached, like the zoo baselines);
-- ``austen`` (prose) with a decoder LM (``zoo:smollm2-135m``, ``hf:DIR``) -> ``CausalLM``.
+- ``austen`` (prose) with a decoder LM (``zoo:smollm2-135m``, ``hf:DIR``) -> ``CausalLM``;
+- ``path.py:factory`` with a text model: the factory returns an ``effdl.data.TextData`` (its kind picks
+  the task as above); with a tensor model it returns (train, val, test) datasets.
 
 Anything else is refused with an error naming what each side is and what would match.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core.errors import ConfigError, DataError
+from .data.factory import is_factory_spec
 from .core.task import Task
 
 #: evaluation sizes of the text tasks (pairs / texts / windows per split); ``eval_limit`` caps them
@@ -46,6 +49,8 @@ def build_task(model: str, data: str, *, weights: str | None = None, allow_pickl
     if eval_limit is not None and eval_limit < 1:
         raise ConfigError(f"eval_limit must be >= 1 (examples per evaluation split), got {eval_limit}")
     text_model, text_data = is_text_model(model), is_text_data(data)
+    if text_model and is_factory_spec(data):  # a user's text: the factory returns a TextData
+        text_data = True
     if text_model != text_data:
         from .data import TEXT_DATASETS
 
@@ -75,6 +80,19 @@ def _tensor_task(model: str, data: str, weights, allow_pickle: bool, latency_onl
     return Classification(m, splits.train, splits.val, splits.test, num_classes=splits.num_classes)
 
 
+def _text_factory(spec: str):
+    """``path.py:factory`` for a text model: ``factory()`` returns an ``effdl.data.TextData`` (sentence
+    pairs, labelled texts or a corpus, built from the records in ``effdl.data.text``)."""
+    from .core.io import call_factory
+    from .data import TextData
+
+    out = call_factory(spec, "text data factory", DataError)
+    if not isinstance(out, TextData):
+        raise DataError(f"{spec}: a text data factory must return an effdl.data.TextData (kind 'pairs', 'labelled' or "
+                        f"'corpus', with SentencePairs / LabelledText / Corpus splits), got {type(out).__name__}")
+    return out
+
+
 def _cap(n: int | None, limit: int | None) -> int | None:
     return limit if n is None else (n if limit is None else min(n, limit))
 
@@ -85,7 +103,7 @@ def _text_task(model: str, data: str, *, eval_limit: int | None, seed: int) -> T
     from .zoo import load_text_model
     from .zoo.text import text_arch
 
-    text = load_text(data, seed=seed)
+    text = load_text(data, seed=seed) if not is_factory_spec(data) else _text_factory(data)
     defaults = TEXT_DEFAULTS[text.kind]
     arch, want = text_arch(model), _TEXT_KINDS[text.kind]
     if arch != want:
