@@ -24,3 +24,15 @@ def test_stage_timer_adds_seconds_per_stage():
     with timer.stage("evaluate"):
         pass
     assert set(timer.seconds) == {"apply", "evaluate"} and all(v >= 0 for v in timer.seconds.values())
+
+
+def test_report_lists_each_candidates_time_by_stage():
+    from effdl.pipeline.results import Candidate
+    from effdl.report.table import _stages
+
+    c = Candidate(id="c01", label="x", recipe=[], status="ok",
+                  stage_seconds={"apply": 2.0, "measure ort": 3.5, "evaluate": 0.25})
+    html = _stages(c)
+    assert "time: 5.8 s" in html  # 2.0 + 3.5 + 0.25, one decimal
+    assert html.index("measure ort 3.5 s") < html.index("apply 2.0 s") < html.index("evaluate 0.2 s")
+    assert _stages(Candidate(id="c02", label="y", recipe=[], status="failed")) == ""

@@ -69,6 +69,15 @@ def _runtimes(cand: Candidate) -> str:
     )
 
 
+def _stages(c: Candidate) -> str:
+    """Where the candidate's wall time went (apply, store, measure <runtime>, evaluate)."""
+    if not c.stage_seconds:
+        return ""
+    total = sum(c.stage_seconds.values())
+    parts = ", ".join(f"{esc(k)} {v:.1f} s" for k, v in sorted(c.stage_seconds.items(), key=lambda kv: -kv[1]))
+    return f'<details><summary>time: {total:.1f} s</summary><span class="note">{parts}</span></details>'
+
+
 def candidates_table(view: View) -> str:
     head = "".join(f"<th>{esc(h.format(metric=view.metric))}</th>" for h in HEAD)
     rows = []
@@ -96,7 +105,7 @@ def candidates_table(view: View) -> str:
         # recipe and per-runtime results on a full-width line under the numbers
         rows.append(
             f'<tr class="sub {cls}"><td></td><td colspan="{len(HEAD) - 1}">{_reason(c)}recipe: '
-            f'<code>{recipe_text(c.recipe)}</code>{_runtimes(c)}</td></tr>'
+            f'<code>{recipe_text(c.recipe)}</code>{_runtimes(c)}{_stages(c)}</td></tr>'
         )
     if view.goal.relative:
         drop_note = "drop is how much worse than the baseline, as a percentage of the baseline's value"
