@@ -143,3 +143,41 @@ def test_bad_goal_is_refused_before_anything_runs(tmp_path):
     r = effdl("optimize", "--model", "zoo:mlp", "--data", "digits", "--metric", "top5", "--out", str(out))
     _assert_clean_error(r, "'top5' is not the task's primary metric", "--higher-is-better")
     assert not out.exists()
+
+
+def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    for cmd in (["optimize", "--model", "zoo:mlp", "--data", "digits"], ["apply", "recipes/prune-distill-int8.yaml"]):
+        r = effdl(*cmd, "--out", str(f), cwd=Path(__file__).resolve().parents[1])
+        _assert_clean_error(r, "is an existing file")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root may write anywhere: the check cannot fail there
+        r = effdl("optimize", "--model", "zoo:mlp", "--data", "digits", "--out", str(locked / "run"))
+        _assert_clean_error(r, "cannot write under")
+    assert f.read_text() == "x"
+
+
+def test_bad_runtime_and_threads_are_refused_before_any_work():
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--threads", "0")
+    _assert_clean_error(r, "--threads must be >= 1")
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--runtime", "onnx")
+    _assert_clean_error(r, "unknown runtime 'onnx'", "Valid runtimes")
+
+
+def test_a_failed_measurement_exits_1_and_apply_output_is_one_unit(tmp_path):
+    recipe = tmp_path / "int8.yaml"
+    recipe.write_text("model: zoo:mlp\ndata: digits\nsteps:\n  - {technique: quantize.ptq}\n")
+    out = tmp_path / "run"
+    r = effdl("apply", str(recipe), "--out", str(out))  # an INT8 model on the default eager runtime
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "the measurement on eager failed" in " ".join(r.stderr.split())
+    first = json.loads((out / "measurement.json").read_text())
+    assert first["status"] == "failed"
+    r = effdl("apply", str(recipe), "--runtime", "ort-int8", "--out", str(out))  # again into the same folder
+    assert r.returncode == 0, r.stderr
+    second = json.loads((out / "measurement.json").read_text())
+    assert second["status"] == "ok" and second["runtime"] == "ort-int8"
+    assert not (out / "eager").exists()  # nothing left from the first run: the folder is one run's
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left

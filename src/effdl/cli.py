@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import tempfile
 import logging
 import warnings
 import shlex
@@ -72,6 +75,35 @@ def _task(model: str, data: str, weights: Optional[str], allow_pickle: bool, lat
                       eval_limit=eval_limit)
 
 
+def _check_out(out_dir: Path) -> None:
+    """Refuse, before any work, an --out that is a file or lies where nothing can be written."""
+    from .core.errors import ConfigError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is an existing file: name a directory (it is created if missing)")
+    parent = out_dir if out_dir.exists() else next((p for p in out_dir.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out_dir)!r}: cannot write under {str(parent)!r}: name a directory you can write to")
+
+
+def _check_runtime(runtime: str, threads: int) -> None:
+    """Refuse, before any work, a runtime name or thread count that cannot work."""
+    from .core.errors import ConfigError, suggest
+    from .deploy.runtimes import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}.{suggest(runtime, RUNTIMES)} Valid runtimes: {', '.join(RUNTIMES)}")
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+
+
+def _exit_if_failed(m: dict) -> None:
+    """A measurement whose runtime failed is a failed command (exit 1), after its reason is printed."""
+    if m["status"] != "ok":
+        err.print(f"[bold red]error:[/] the measurement on {m['runtime']} failed (reason above)", highlight=False)
+        raise typer.Exit(1)
+
+
 MODEL_OPT = typer.Option("zoo:lenet5", "--model", help="zoo:<name> (`effdl zoo`), hf:PATH (a local Hugging Face model "
                          "directory) or path/to/file.py:factory")
 DATA_OPT = typer.Option("mnist", "--data", help="mnist | digits | mnist1d | stsb | sentiment | austen (`effdl data`) | "
@@ -112,6 +144,7 @@ def optimize(
     repeats: int = typer.Option(30, "--repeats", help="timed calls per runtime and batch size (after warm-up)"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
+    _check_out(out_dir)
     _steady_allocator()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -197,7 +230,12 @@ def apply_cmd(
     runtime: str = typer.Option("eager", "--runtime"),
     out_dir: Path = typer.Option(Path("runs/apply"), "--out"),
 ) -> None:
-    """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON)."""
+    """Apply a recipe to a model, measure the result and save it (safetensors + recipe JSON).
+
+    The output directory is written as one unit: staged beside it, then renamed into place, so it
+    always holds the files of one run. A measurement that fails exits 1."""
+    _check_out(out_dir)
+    _check_runtime(runtime, 2)
     _steady_allocator()
     from .compress.lowrank import structure_of  # pruned shapes + factorized layers
     from .core.compressed import float_reference
@@ -213,14 +251,33 @@ def apply_cmd(
         raise ConfigError("name the model and data: in the recipe ('model:', 'data:') or with --model/--data")
     task = _task(model, data, weights, allow_pickle)
     result = apply_recipe(task, r)
-    m = measure(task, result, runtime=runtime, workdir=out_dir)
-    write_json(out_dir / "measurement.json", m)
-    write_json(out_dir / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
-    # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
-    write_json(out_dir / "structure.json", structure_of(float_reference(result)))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        m = measure(task, result, runtime=runtime, workdir=staging)
+        write_json(staging / "measurement.json", m)
+        write_json(staging / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
+        # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
+        write_json(staging / "structure.json", structure_of(float_reference(result)))
+        _replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _print_measurement(m)
     out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'structure.json'}, {out_dir / 'recipe.json'}",
               highlight=False)
+    _exit_if_failed(m)
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Put ``staging`` where ``out_dir`` is: a rename, with a previous ``out_dir`` moved aside first and
+    removed after, so the name never shows a mix of two runs."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @app.command()
@@ -234,7 +291,9 @@ def measure(
     threads: int = typer.Option(2, "--threads"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Profile a model: params, bytes, MACs, energy estimate, latency, memory and quality."""
+    """Profile a model: params, bytes, MACs, energy estimate, latency, memory and quality (exit 1 when the
+    runtime fails)."""
+    _check_runtime(runtime, threads)
     _steady_allocator()
     from .metrics.measure import measure as run
 
@@ -247,6 +306,7 @@ def measure(
         print(json.dumps(m, indent=2, default=str))
     else:
         _print_measurement(m)
+    _exit_if_failed(m)
 
 
 def _print_measurement(m: dict) -> None:
