@@ -88,11 +88,10 @@ def _check_out(out_dir: Path) -> None:
 
 def _check_runtime(runtime: str, threads: int) -> None:
     """Refuse, before any work, a runtime name or thread count that cannot work."""
-    from .core.errors import ConfigError, suggest
-    from .deploy.runtimes import RUNTIMES
+    from .core.errors import ConfigError
+    from .deploy.runtimes import check_runtime_name
 
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime {runtime!r}.{suggest(runtime, RUNTIMES)} Valid runtimes: {', '.join(RUNTIMES)}")
+    check_runtime_name(runtime)
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
 
@@ -240,7 +239,7 @@ def apply_cmd(
     from .compress.lowrank import structure_of  # pruned shapes + factorized layers
     from .core.compressed import float_reference
     from .core.errors import ConfigError
-    from .core.io import write_json
+    from .core.io import replace_dir, write_json
     from .metrics.measure import measure
     from .pipeline.recipe import Recipe, apply_recipe
 
@@ -259,25 +258,13 @@ def apply_cmd(
         write_json(staging / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
         # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
         write_json(staging / "structure.json", structure_of(float_reference(result)))
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _print_measurement(m)
     out.print(f"saved: {out_dir / 'model.safetensors'}, {out_dir / 'structure.json'}, {out_dir / 'recipe.json'}",
               highlight=False)
     _exit_if_failed(m)
-
-
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Put ``staging`` where ``out_dir`` is: a rename, with a previous ``out_dir`` moved aside first and
-    removed after, so the name never shows a mix of two runs."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @app.command()

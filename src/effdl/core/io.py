@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None] | bytes |
             os.unlink(tmp)
         raise
     return path
+
+
+def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the finished directory ``staging`` at ``target`` by renaming it (same file system): a previous
+    ``target`` is first moved aside and removed after, so the name never shows a mix of two writes."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / "x")
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 (hex) of a module's state: names, shapes, dtypes and bytes (distinct weights never collide)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        try:
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # dtypes numpy cannot view as bytes (quantized tensors)
+            h.update(repr(flat.tolist()).encode())
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -261,9 +261,12 @@ class Task(ABC):
         return model.eval()
 
     # -- copies -----------------------------------------------------------------------------------
-    @abstractmethod
     def with_model(self, model: nn.Module) -> "Task":
-        """The same task (data, settings) around ``model``."""
+        """The same task (data, settings, shared caches) around ``model``."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.model = model
+        return new
 
     def with_train_subset(self, n: int, seed: int = 0) -> "Task":
         """The same task whose train split is ``n`` of its examples (few-label fine-tuning)."""

@@ -8,7 +8,6 @@ and the stored int8 tensors describe the same model.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -21,6 +20,7 @@ import torch.nn as nn
 
 from ..core.errors import ArtifactError, ConfigError, UnsupportedModuleError
 from ..core.compressed import Int8Spec
+from ..core.io import state_digest
 from .lowered import Lowered, as_logits, int8_spec
 from .onnx_export import OPSET, check_size, export_onnx, node_modules
 
@@ -57,12 +57,7 @@ def _predict(sess):
 
 def _stem(model: nn.Module) -> str:
     """File stem from the model's class and a digest of its weights (distinct models never collide)."""
-    h = hashlib.sha1()
-    for k, t in model.state_dict().items():
-        h.update(k.encode())
-        t = t.detach().contiguous().cpu()
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return f"{type(model).__name__.lower()}-{h.hexdigest()[:10]}"
+    return f"{type(model).__name__.lower()}-{state_digest(model)[:10]}"
 
 
 def _info(sess, path: Path, threads: int, **seconds: float) -> dict:

@@ -22,7 +22,7 @@ from .ort_runtime import lower_ort, lower_ort_int8, lower_ort_int8_dynamic, lowe
 from .sparse_exec import has_sparse_linear, lower_sparse_eager
 from .torch_runtime import lower_bf16, lower_compile, lower_eager, lower_pt2e_int8, lower_torch_int8_dynamic
 
-__all__ = ["Lowered", "RUNTIMES", "Runtime", "is_int8_model", "lower", "runtimes_for"]
+__all__ = ["Lowered", "RUNTIMES", "Runtime", "check_runtime_name", "is_int8_model", "lower", "runtimes_for"]
 
 
 class Runtime(NamedTuple):
@@ -87,6 +87,14 @@ def _check_fp32(model: nn.Module, runtime: str) -> None:
         )
 
 
+def check_runtime_name(runtime: str) -> None:
+    """ConfigError naming the valid runtimes when ``runtime`` is not one."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(
+            f"unknown runtime {runtime!r}.{suggest(runtime, RUNTIMES)} Valid runtimes: {', '.join(RUNTIMES)}"
+        )
+
+
 def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int = 2,
           batch_sizes: tuple[int, ...] = (1, 32)) -> Lowered:
     """Lower ``model`` to ``runtime`` for ``batch_sizes`` on ``threads`` intra-op threads.
@@ -97,10 +105,7 @@ def lower(model: nn.Module, runtime: str, *, task, workdir: Path, threads: int =
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"lower() takes an nn.Module, got {type(model).__name__}")
-    if runtime not in RUNTIMES:
-        raise ConfigError(
-            f"unknown runtime {runtime!r}.{suggest(runtime, RUNTIMES)} Valid runtimes: {', '.join(RUNTIMES)}"
-        )
+    check_runtime_name(runtime)
     if task is None:
         raise ConfigError(f"lowering to {runtime!r} needs task= (real example inputs for export and warm-up)")
     rt = RUNTIMES[runtime]

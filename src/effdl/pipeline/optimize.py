@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.nn as nn
 
 from ..core.progress import StageTimer
 from ..core.compressed import float_reference
 from ..core.errors import ConfigError, suggest
-from ..core.io import sha256_file, write_json
+from ..core.io import replace_dir, sha256_file, state_digest, write_json
 from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
 from ..core.records import dump_records, records
 from ..core.registry import apply
@@ -59,19 +57,6 @@ def _runtimes_for(model: nn.Module, spec: CandidateSpec, allowed: tuple[str, ...
 def _jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), so a fresh candidate equals a resumed one."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 of the model's state (names, shapes, dtypes, bytes): the baseline every number depends on."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        flat = t.detach().cpu().contiguous().reshape(-1)
-        try:
-            h.update(flat.view(torch.uint8).numpy().tobytes())
-        except (RuntimeError, TypeError):  # dtypes numpy cannot view as bytes (quantized tensors)
-            h.update(repr(flat.tolist()).encode())
-    return h.hexdigest()[:16]
 
 
 def _measure_candidate(spec: CandidateSpec, cache: _PrefixCache, task, out_dir: Path, goal: Goal,
@@ -218,7 +203,7 @@ def optimize(
     specs = candidates if candidates is not None else candidates_for(strategy, task=task)
     # every setting that changes a measured number (the baseline's weights, the data and how much of it
     # is evaluated, e.g. a text task's eval limit); the goal's metric and limits only change the choice
-    key_settings = {**measure.key(goal), "baseline_model": model_fingerprint(task.model),
+    key_settings = {**measure.key(goal), "baseline_model": state_digest(task.model)[:16],
                     "data": provenance.data if provenance else None, "task": type(task).__name__,
                     "examples": {s: task.num_examples(s) for s in ("train", "val", "test")}}
     study = Study(out_dir, storage)
@@ -292,6 +277,5 @@ def export_chosen(results: Results, out_dir: Path) -> Export:
     recipe = {"base_model": prov.model, "data": prov.data, "steps": cand.recipe,
               "runtime": cand.runtime, "candidate": cand.id, "sha256": files, "effdl_version": results.effdl_version}
     write_json(staging / "recipe.json", recipe)
-    shutil.rmtree(mdir, ignore_errors=True)
-    staging.rename(mdir)  # the exported folder appears whole or not at all
+    replace_dir(staging, mdir)  # the exported folder appears whole or not at all
     return Export(dir="model", files=sorted(files) + ["recipe.json"])

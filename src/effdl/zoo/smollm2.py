@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ArtifactError, ModelError
-from ..core.io import sha256_file, write_json
+from ..core.io import replace_dir, sha256_file, write_json
 from ..data import cache_dir
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,8 @@ def _transformers_version() -> str:
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
     """Rename ``tmp`` to ``folder``; an existing (unusable) ``folder`` is moved aside first."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.replace(folder, old / "x")
-        shutil.rmtree(old, ignore_errors=True)
     try:
-        os.rename(tmp, folder)
+        replace_dir(tmp, folder)
     except OSError:
         if not (folder / SIDECAR).is_file():  # lost a race to a concurrent conversion: theirs is fine
             raise

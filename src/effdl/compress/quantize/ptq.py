@@ -374,21 +374,25 @@ def _where(node) -> str:
     return f"the output of {path!r} ({node.name})" if path else f"the output of {node.name!r}"
 
 
-def _warn_degenerate(prepared) -> None:
-    """Warn, naming the layer, where calibration saw a constant tensor (scale floored at EPS)."""
+def _activation_observers(prepared):
+    """(node, observer, observed lo, observed hi) of every calibrated per-tensor activation observer;
+    observers never reached during calibration are skipped (torchao warns about those itself)."""
     from torchao.quantization.pt2e import ObserverBase
 
     from .observers import EstimatorObserver, PercentileObserver
 
     for node in prepared.graph.nodes:
-        if node.op != "call_module":
-            continue
-        obs = getattr(prepared, node.target, None)
+        obs = getattr(prepared, node.target, None) if node.op == "call_module" else None
         if not isinstance(obs, ObserverBase) or obs.qscheme != torch.per_tensor_affine:
             continue
         lo, hi = (obs.lo, obs.hi) if isinstance(obs, (PercentileObserver, EstimatorObserver)) else (obs.min_val, obs.max_val)
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
-            continue  # never reached during calibration; torchao warns about that itself
+        if torch.isfinite(lo) and torch.isfinite(hi):
+            yield node, obs, lo, hi
+
+
+def _warn_degenerate(prepared) -> None:
+    """Warn, naming the layer, where calibration saw a constant tensor (scale floored at EPS)."""
+    for node, obs, lo, hi in _activation_observers(prepared):
         scale = float(obs.calculate_qparams()[0].reshape(-1)[0])
         if float(hi) - float(lo) <= 0 or scale <= EPS * (1 + 1e-6):
             warnings.warn(
@@ -402,18 +406,8 @@ def _warn_degenerate(prepared) -> None:
 def _activation_ranges(prepared, rewritten: frozenset[str]) -> dict[str, tuple[float, float, float, float]]:
     """Layer -> (observed min, observed max, clip lo, clip hi) of its calibrated uint8 input: what
     calibration saw and the range the scale / zero point keep (the rest saturates)."""
-    from torchao.quantization.pt2e import ObserverBase
-
-    from .observers import EstimatorObserver, PercentileObserver
-
     out = {}
-    for node in prepared.graph.nodes:
-        obs = getattr(prepared, node.target, None) if node.op == "call_module" else None
-        if not isinstance(obs, ObserverBase) or obs.qscheme != torch.per_tensor_affine:
-            continue
-        lo, hi = (obs.lo, obs.hi) if isinstance(obs, (PercentileObserver, EstimatorObserver)) else (obs.min_val, obs.max_val)
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
-            continue
+    for node, obs, lo, hi in _activation_observers(prepared):
         scale, zp = (float(t.reshape(-1)[0]) for t in obs.calculate_qparams())
         clip = ((obs.quant_min - zp) * scale, (obs.quant_max - zp) * scale)
         for user in node.users:

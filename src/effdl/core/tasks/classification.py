@@ -61,12 +61,6 @@ class Classification(LabelledTask):
         self._num_classes = num_classes or int(max(int(train[i][1]) for i in range(len(train)))) + 1
         check_forward(self, model, self.check_logits)
 
-    def with_model(self, model: nn.Module) -> "Classification":
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.model = model
-        return new
-
     def with_train_subset(self, n: int, seed: int = 0) -> "Classification":
         """A copy whose train split is ``n`` class-balanced examples (round robin over classes)."""
         train = self.splits["train"]

@@ -118,12 +118,6 @@ class TokenTask(Task):
         idx = [int(order[i % len(rows)]) for i in range(n * batch_size)]
         return list(rows[idx].split(batch_size))
 
-    def with_model(self, model: nn.Module) -> "TokenTask":
-        new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new.model = model
-        return new
-
     def with_train_subset(self, n: int, seed: int = 0) -> "TokenTask":
         rows = self._rows("train")
         if n > len(rows):
