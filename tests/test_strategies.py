@@ -46,3 +46,19 @@ def test_family_strategies_refuse_text_tasks_and_candidate_files(tmp_path, digit
     bad.write_text("- {steps: [], extra: 1}\n")
     with pytest.raises(ConfigError, match="a mapping with 'steps'"):
         load_candidates(bad)
+
+
+def test_the_text_grid_prunes_heads_and_ffn_neurons_of_an_encoder():
+    from effdl.testing import model_kind
+
+    task = model_kind("encoder")
+    specs = candidates_for("shrink-and-improve", task=task, distill_epochs=0.05)
+    labels = [s.label for s in specs]
+    assert "heads -25% + distill" in labels and "FFN -25% + distill" in labels
+    ffn = next(s for s in specs if s.label == "FFN -25% + distill")
+    model = apply_recipe(task, ffn.recipe)
+    shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if n.endswith(("intermediate.dense", "query"))}
+    before = {n: tuple(m.weight.shape) for n, m in task.model.named_modules() if n in shapes}
+    for n, s in shapes.items():  # FFN width 64 -> 48; attention untouched
+        assert s == ((48, 32) if n.endswith("intermediate.dense") else before[n]), (n, s)
+    assert model(task.example_input(2)).shape == task.model(task.example_input(2)).shape

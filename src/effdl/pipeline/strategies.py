@@ -195,8 +195,8 @@ def learning(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0, model
 
 def text(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0, model=None, kind: str = "sentence-embedding",
          **_) -> list[CandidateSpec]:
-    """Text models. Encoders (sentence embedding, text classification): attention-head pruning with
-    distillation from the dense model, dynamic INT8 (also with the FFN output projections kept FP32,
+    """Text models. Encoders (sentence embedding, text classification): attention-head pruning and
+    FFN-neuron pruning (BERT-style layer names), each with distillation from the dense model, dynamic INT8 (also with the FFN output projections kept FP32,
     the layers REFERENCE.md found dominate the INT8 error), static INT8 and BF16. Decoder LMs:
     dynamic INT8, BF16, weight-only INT8 and INT4 (smaller on disk, not faster: no low-bit kernel
     here) and 50% magnitude pruning (no speed-up on these runtimes either). Fine-tuning budgets are
@@ -224,6 +224,12 @@ def text(*, finetune_epochs: float = 2.0, distill_epochs: float = 8.0, model=Non
         for r in (0.25, 0.5):
             heads = HeadPruneConfig(ratio=r, saliency="taylor", batches=4)
             grid += [(f"heads -{r:.0%} + distill", (heads, kd)), (f"heads -{r:.0%} + distill + int8 dynamic", (heads, kd, q_dyn))]
+    if model is not None and any(n.endswith("intermediate.dense") for n, _ in model.named_modules()):
+        # FFN neurons only: the intermediate layer's outputs; embeddings, attention and the residual
+        # width (every output.dense) are protected
+        ffn = ChannelPruneConfig(ratio=0.25, protect_first=False, protect=(
+            "backbone.embeddings*", "backbone.encoder.layer.*.attention*", "backbone.encoder.layer.*.output*"))
+        grid += [("FFN -25% + distill", (ffn, kd)), ("FFN -25% + distill + int8 dynamic", (ffn, kd, q_dyn))]
     return _specs(grid)
 
 
