@@ -203,6 +203,13 @@ class Candidate(_Record):
     quality_drop_val: float | None = None
     frontier: dict[str, bool] = {}  # target -> on that frontier
     on_frontier: bool = False  # on the frontier of the goal's target
+    #: the search trial that proposed it (None: a fixed grid) and the parameters it sampled
+    trial: int | None = None
+    params: dict[str, Any] = {}
+    #: runtimes not tried for it, each with why (it could not win: cheaper evidence said so)
+    runtimes_skipped: dict[str, str] = {}
+    #: the candidate whose measurement this is (the same model was proposed again); None: measured fresh
+    reused_from: str | None = None
 
     @pydantic.field_validator("records", mode="before")
     @classmethod
@@ -212,6 +219,30 @@ class Candidate(_Record):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+class SearchSummary(_Record):
+    """How a search went: the sampler, its objectives, trial counts and the measured frontier's
+    hypervolume after each finished trial (automate.hypervolume, on the normalised axes below)."""
+
+    sampler: str  # grid | random | tpe | nsga2 | cmaes
+    study: str
+    storage: str  # the URL with any password removed
+    objectives: list[str]  # e.g. ["latency_ms_p50"], or ["quality", "latency_ms_p50", "size_bytes"]
+    constraint: str | None = None  # e.g. "validation accuracy drop <= 0.01"
+    pruner: str | None = None
+    trials: int = 0  # finished (complete, failed or pruned)
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    #: hypervolume of the measured frontier after each complete trial, in trial order
+    hypervolume: list[float] = []
+    #: the axes and reference point of the hypervolume
+    hypervolume_axes: list[str] = []
+    hypervolume_reference: list[float] = []
+    importances: dict[str, float] = {}  # parameter -> importance (Optuna's fANOVA), when computable
+    seconds: float | None = None
+    stopped_by: str | None = None  # "trials", "timeout", "time budget", "space exhausted"
 
 
 class Provenance(_Record):
@@ -246,6 +277,7 @@ class Results(_Record):
     frontier: dict[str, list[str]] = {}
     candidates: list[Candidate]
     export: Export | None = None
+    search: SearchSummary | None = None  # None: a fixed grid of candidates
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "Results":

@@ -1,0 +1,130 @@
+"""One candidate: build its recipe (reusing built prefixes), store it, measure it on its runtimes.
+
+``measure_candidate`` turns a CandidateSpec into a measured Candidate: the recipe is applied
+(``PrefixCache`` reuses 'prune 80% + distill' for 'prune 80% + distill + int8'), the model is
+stored as safetensors, lowered to each runtime, checked for parity and timed; the fastest verified
+runtime gives the candidate's quality and footprint. A candidate that raises is recorded as failed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch.nn as nn
+
+from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
+from ..core.compressed import float_reference
+from ..core.io import write_json
+from ..core.progress import StageTimer
+from ..core.records import dump_records, records
+from ..core.registry import apply
+from ..metrics.measure import measure_runtime, runtime_footprint, runtime_quality, static_footprint
+from .results import Candidate, Goal, MeasureSettings
+from .strategies import CandidateSpec
+
+
+class PrefixCache:
+    """Models built from recipe prefixes, so 'prune 80% + distill + int8' reuses 'prune 80% + distill'.
+
+    Holds at most ``limit`` built models (least recently used go first): a search proposes many
+    distinct prefixes, and each held model costs its weights' memory."""
+
+    def __init__(self, task, limit: int = 16) -> None:
+        self.task = task
+        self.limit = limit
+        self.models: OrderedDict[str, nn.Module] = OrderedDict()
+
+    def build(self, steps) -> nn.Module:
+        model, done = self.task.model, []
+        for step in steps:
+            done.append(step.to_dict())
+            key = json.dumps(done, sort_keys=True)
+            if key not in self.models:
+                self.models[key] = apply(model, step, task=self.task)
+                while len(self.models) > self.limit:
+                    self.models.popitem(last=False)
+            self.models.move_to_end(key)
+            model = self.models[key]
+        return copy.deepcopy(model) if steps else model
+
+
+def _runtimes_for(model: nn.Module, spec: CandidateSpec, allowed: tuple[str, ...] | None) -> list[str]:
+    from ..deploy.runtimes import runtimes_for
+
+    names = list(spec.runtimes) if spec.runtimes else runtimes_for(model)
+    if allowed:
+        names = [n for n in names if n in allowed] or names[:1]
+    return names
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), so a fresh candidate equals a resumed one."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Path, goal: Goal,
+                       settings: MeasureSettings) -> Candidate:
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"id": spec.id, "label": spec.label, "recipe": spec.recipe.to_list(), "status": "failed"}
+    timer = StageTimer()
+
+    def done(**fields) -> Candidate:
+        result.update(fields, seconds=round(time.perf_counter() - t0, 2), stage_seconds=timer.seconds)
+        return Candidate.model_validate(jsonable(result))
+
+    cdir = out_dir / "candidates" / spec.id
+    try:
+        with timer.stage("apply"):
+            model = cache.build(spec.recipe.steps)
+        with timer.stage("store"):
+            fp = static_footprint(model, task, cdir / "model.safetensors")
+        result["layers"] = fp.pop("layers")
+        if records(model):  # e.g. sensitivity curves, lottery history: drawn by the report
+            result["records"] = dump_records(records(model))  # JSON now, so a fresh candidate equals a resumed one
+        # layer shapes, so a structurally pruned model reloads without pickle (prune.structure_of / rebuild)
+        write_json(cdir / "structure.json", structure_of(float_reference(model)))
+    except optuna.TrialPruned:  # a search's pruner stopped its fine-tuning: not a failure of the recipe
+        raise
+    except Exception as exc:  # a candidate that raises is recorded and the study goes on
+        return done(reason=f"building the candidate failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    batch_sizes = settings.batch_sizes(goal)
+    measured, runtimes = {}, {}
+    for rt in _runtimes_for(model, spec, settings.runtimes):
+        with timer.stage(f"measure {rt}"):  # lower, check parity, time
+            res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes,
+                                  threads=settings.threads, tolerances=settings.tolerances, repeats=settings.repeats)
+        measured[rt] = res
+        entry = {"status": res.status, "reason": res.reason, "precision": res.precision,
+                 "latency_by_batch": res.latency, "parity": res.parity, "info": res.info}
+        if res.status == "ok":
+            lat = res.latency[str(goal.batch_size)]
+            entry.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"])
+        runtimes[rt] = entry
+    result["runtimes"] = runtimes
+    ok = {rt: r for rt, r in measured.items() if r.status == "ok"}
+    if not ok:
+        reasons = "; ".join(f"{rt}: {r.reason}" for rt, r in measured.items())
+        return done(reason=f"no runtime passed: {reasons}", footprint=fp)
+    best = min(ok, key=lambda rt: ok[rt].latency[str(goal.batch_size)]["p50_ms"])
+    res = ok[best]
+    with timer.stage("evaluate"):
+        quality = runtime_quality(res, task, goal.batch_size)
+        fp.update(runtime_footprint(res, task, goal.batch_size))
+    artifacts = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
+                 "structure": str((cdir / "structure.json").relative_to(out_dir))}
+    if res.lowered.artifact is not None:
+        artifacts["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
+    else:
+        onnx_ok = [r for r in ok.values() if r.lowered.artifact is not None]
+        if onnx_ok:
+            artifacts["onnx"] = str(Path(onnx_ok[0].lowered.artifact).relative_to(out_dir))
+    return done(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp,
+                artifacts=artifacts)
+
+
