@@ -232,6 +232,7 @@ class Task(ABC):
         hooks = ([_SparsityKeeper(model)] if keep_sparsity else []) + list(hooks)
         objective = loss_fn or self.loss
         data = self.batches("train", bs, shuffle=True, seed=data_seed)
+        per_epoch = self.steps_per_epoch(bs)
         model.train()
         step = 0
         while step < steps:
@@ -256,6 +257,8 @@ class Task(ABC):
                     h.after_step(step, model)
                 step += 1
                 progress.report("train", step, steps)
+                if step % per_epoch == 0 or step >= steps:  # a search's pruner may stop the trial here
+                    progress.epoch_trained(self, model, step / per_epoch)
                 if step >= steps:
                     break
         return model.eval()
