@@ -1,5 +1,5 @@
 """Pruning techniques (importing registers them)."""
-from .distribution import allocate, sensitivity_analysis
+from .distribution import allocate, prunable_layer_names, sensitivity_allocation, sensitivity_analysis
 from .granularity import Granularity
 from .heads import HeadPruneConfig, head_counts, head_sites
 from .lottery import LotteryConfig, find_ticket, lottery_history
@@ -19,5 +19,5 @@ __all__ = [
     "ChannelPruneConfig", "Channels", "LayerPruneConfig", "Layers", "rebuild", "structure_of",
     "Granularity", "HeadPruneConfig", "Heads", "head_counts", "head_sites", "Lottery", "LotteryConfig", "Magnitude", "MagnitudeConfig", "SparseTraining",
     "SparseTrainingConfig", "WeightPruneConfig", "Weights", "allocate", "find_ticket", "layer_sparsity",
-    "lottery_history", "prune_to", "sensitivity_analysis",
+    "lottery_history", "prunable_layer_names", "prune_to", "sensitivity_allocation", "sensitivity_analysis",
 ]

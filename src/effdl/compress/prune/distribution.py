@@ -7,6 +7,12 @@
   with the least summed predicted drop (``allocate``: a dynamic program over pruned-weight counts,
   exact when the model has at most ``DP_UNITS`` prunable weights, else counted in units of N/DP_UNITS).
 - ``erk``: Erdos-Renyi-Kernel densities (Evci et al. 2020), from ``erk.erk_densities``.
+- ``explicit``: the caller's per-layer ratios (a searched policy, or ``sensitivity_allocation``'s
+  dict); prunable layers not named stay dense. Names are checked against the prunable layers
+  (``explicit_ratios``), so a typo is an error, never a silently dense layer.
+
+Every per-layer ratio keeps at least one weight of its layer (a ratio that would round to the whole
+layer removes all but one), as ``global`` does.
 
 The target is a fraction of the *prunable* weights: excluded and protected layers stay dense and do
 not count. ``protect_first_last`` keeps the first prunable layer (the first conv of a CNN) and the
@@ -26,7 +32,7 @@ from ...core.scope import weighted_layers
 from .granularity import Granularity, check_ratio, groups, layer_mask, prune_lowest
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DISTRIBUTIONS = ("global", "uniform", "sensitivity", "erk")
+DISTRIBUTIONS = ("global", "uniform", "sensitivity", "erk", "explicit")
 DP_UNITS = 4000
 Layers = list[tuple[str, nn.Module]]
 Curves = dict[str, list[tuple[float, float]]]
@@ -43,6 +49,35 @@ def prunable_layers(model: nn.Module, exclude=(), protect_first_last: bool = Fal
         if not torch.isfinite(m.weight).all():
             raise ConfigError(f"layer {name!r} has NaN/Inf weights: fix the model before pruning")
     return layers
+
+
+def prunable_layer_names(model: nn.Module, exclude=(), protect_first_last: bool = False) -> list[str]:
+    """Names of the layers ``prune.weights`` prunes with these settings (the keys an explicit
+    ``layer_sparsity`` may use), in module order."""
+    return [n for n, _ in prunable_layers(model, exclude, protect_first_last)]
+
+
+def explicit_ratios(policy: dict[str, float], layers: Layers, model: nn.Module | None = None) -> dict[str, float]:
+    """Ratio of every prunable layer under an explicit policy: the named ratio, 0.0 for the others.
+
+    A name that is not a prunable layer is a ConfigError naming it, the closest prunable layers and,
+    when ``model`` is given, why a module of that name is not prunable (excluded or protected, no
+    Conv/Linear weight)."""
+    names = [n for n, _ in layers]
+    unknown = [n for n in policy if n not in names]
+    if unknown:
+        bad = unknown[0]
+        why = ""
+        if model is not None and bad in dict(model.named_modules()):
+            m = dict(model.named_modules())[bad]
+            why = (f" ({type(m).__name__} is not a Conv/Linear layer)" if not isinstance(m, PRUNABLE)
+                   else " (it is left dense by 'exclude' or 'protect_first_last')")
+        raise ConfigError(f"layer_sparsity names {bad!r}, which is not a prunable layer of this model{why}."
+                          f"{suggest(bad, names)} Prunable layers: {', '.join(names)}"
+                          + (f" (also unknown: {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else ""))
+    for n, r in policy.items():
+        check_ratio(r, f"sparsity of layer {n!r}")
+    return {n: float(policy.get(n, 0.0)) for n in names}
 
 
 def check_distribution(kind: str) -> None:
@@ -81,8 +116,15 @@ def global_masks(layers: Layers, scores: dict[str, torch.Tensor], target: float,
     return masks
 
 
-def layer_ratios(kind: str, layers: Layers, target: float, curves: Curves | None = None) -> dict[str, float]:
-    """Per-layer ratios of the non-global distributions."""
+def sensitivity_ratios(curves: Curves, layers: Layers, target: float) -> dict[str, float]:
+    """Per-layer ratios of ``distribution="sensitivity"`` at ``target`` from the curves of
+    ``sensitivity_analysis`` (``allocate`` over the layers' weight counts)."""
+    return allocate(curves, {n: m.weight.numel() for n, m in layers}, target)
+
+
+def layer_ratios(kind: str, layers: Layers, target: float, curves: Curves | None = None,
+                 policy: dict[str, float] | None = None) -> dict[str, float]:
+    """Per-layer ratios of the non-global distributions (``policy``: the explicit one's ratios)."""
     if kind == "uniform":
         return {n: target for n, _ in layers}
     if kind == "erk":
@@ -90,22 +132,33 @@ def layer_ratios(kind: str, layers: Layers, target: float, curves: Curves | None
     if kind == "sensitivity":
         if curves is None:
             raise ConfigError("distribution 'sensitivity' needs the curves of sensitivity_analysis(...)")
-        return allocate(curves, {n: m.weight.numel() for n, m in layers}, target)
+        return sensitivity_ratios(curves, layers, target)
+    if kind == "explicit":
+        if policy is None:
+            raise ConfigError("distribution 'explicit' needs the per-layer ratios (layer_sparsity)")
+        return explicit_ratios(policy, layers)
     raise ConfigError(f"distribution {kind!r} has no per-layer ratios (use global_masks)")
 
 
 def build_masks(layers: Layers, scores: dict[str, torch.Tensor], target: float, gran: Granularity,
-                distribution: str = "global", reduce: str = "sum", curves: Curves | None = None) -> dict[str, torch.Tensor]:
-    """Keep-masks for every layer at overall ``target`` sparsity (N:M: each layer at 1 - N/M)."""
+                distribution: str = "global", reduce: str = "sum", curves: Curves | None = None,
+                policy: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Keep-masks for every layer at overall ``target`` sparsity (N:M: each layer at 1 - N/M;
+    ``explicit``: each layer at its ``policy`` ratio, ``target`` unused)."""
     check_ratio(target)
     check_distribution(distribution)
     if gran.kind == "n:m":
         return {n: layer_mask(n, scores[n], m.weight, 0.0, gran, reduce) for n, m in layers}
     if distribution == "global":
         return global_masks(layers, scores, target, gran, reduce)
-    ratios = layer_ratios(distribution, layers, target, curves)
-    return {n: layer_mask(n, scores[n], m.weight, min(ratios[n], 1 - 1 / m.weight.numel()), gran, reduce)
+    ratios = layer_ratios(distribution, layers, target, curves, policy)
+    return {n: layer_mask(n, scores[n], m.weight, keep_one(ratios[n], m.weight.numel()), gran, reduce)
             for n, m in layers}
+
+
+def keep_one(ratio: float, numel: int) -> float:
+    """``ratio``, lowered so that a layer of ``numel`` weights keeps at least one."""
+    return min(ratio, 1 - 1 / numel)
 
 
 @torch.no_grad()
@@ -142,6 +195,23 @@ def sensitivity_analysis(model: nn.Module, task, ratios=(0.3, 0.5, 0.7, 0.8, 0.9
             m.weight.copy_(saved)
         curves[name] = points
     return curves
+
+
+def sensitivity_allocation(model: nn.Module, task, sparsity: float, ratios=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+                           saliency: str = "l1", granularity: Granularity | str = "unstructured", *, exclude=(),
+                           protect_first_last: bool = False, split: str = "val", seed: int = 0) -> dict[str, float]:
+    """The one-shot ``distribution="sensitivity"`` allocation at overall ``sparsity``, without pruning:
+    {prunable layer: ratio}, each 0.0 or one of ``ratios`` (lowered to keep one weight in a layer too
+    small for it). ``prune.weights`` with ``distribution="explicit", layer_sparsity=<this dict>`` and
+    the same saliency, granularity and scope gives the masks ``distribution="sensitivity"`` gives at
+    this target (oneshot). Runs ``sensitivity_analysis`` (one evaluation per layer and ratio); the
+    model is left unchanged."""
+    check_ratio(sparsity)
+    curves = sensitivity_analysis(model, task, ratios, saliency, granularity, exclude=exclude,
+                                  protect_first_last=protect_first_last, split=split, seed=seed)
+    layers = prunable_layers(model, exclude, protect_first_last)
+    alloc = sensitivity_ratios(curves, layers, sparsity)
+    return {n: keep_one(alloc[n], m.weight.numel()) for n, m in layers}
 
 
 def allocate(curves: Curves, sizes: dict[str, int], target: float) -> dict[str, float]:
