@@ -128,3 +128,48 @@ def test_normalised_axes():
     # a drop of half the allowance at 40% of the baseline latency and 25% of its size
     assert normalised(0.005, 0.01, [0.4, 250], [1.0, 1000]) == pytest.approx((0.5, 0.4, 0.25))
     assert reference_point(2) == (2.0, 1.0, 1.0)
+
+
+POLICY = [
+    {"technique": "prune.weights", "distribution": "explicit", "layer_sparsity": {"per_layer": {"range": [0.1, 0.9]}}},
+    {"name": "quantize", "optional": True, "technique": "quantize.ptq",
+     "exclude": {"per_layer": {"choices": [False, True]}}},
+]
+
+
+def test_per_layer_fields_sample_one_value_per_layer(digits_task):
+    from effdl.compress.prune import WeightPruneConfig, prunable_layer_names
+
+    space = SearchSpace.from_list(POLICY)
+    layers = prunable_layer_names(digits_task.model)
+    assert len(layers) == 3
+    params = {f"prune.weights.layer_sparsity.{n}": s for n, s in zip(layers, (0.2, 0.5, 0.85))}
+    params.update({"quantize": "quantize.ptq", **{f"quantize.ptq.exclude.{n}": n == layers[-1] for n in layers}})
+    recipe = space.suggest(optuna.trial.FixedTrial(params), digits_task.model)
+    prune, ptq = recipe.steps
+    assert prune == WeightPruneConfig(distribution="explicit", layer_sparsity=dict(zip(layers, (0.2, 0.5, 0.85))))
+    assert ptq == PTQConfig(exclude=(layers[-1],))  # keep the classifier in FP32, quantize the rest
+    assert SearchSpace.from_list(space.to_list()) == space
+    with pytest.raises(ConfigError, match="needs the model"):
+        space.suggest(optuna.trial.FixedTrial(params))
+
+
+def test_per_layer_is_refused_where_it_means_nothing():
+    with pytest.raises(ConfigError, match="not a per-layer field"):
+        SearchSpace.from_list([{"technique": "prune.magnitude", "sparsity": {"per_layer": {"range": [0, 0.5]}}}])
+    with pytest.raises(ConfigError, match="choices: \\[false, true\\]"):
+        SearchSpace.from_list([{"technique": "quantize.ptq", "exclude": {"per_layer": {"range": [0, 1]}}}])
+
+
+def test_the_sensitivity_seed_reproduces_the_one_shot_allocation(digits_task):
+    from effdl.automate.policy import sensitivity_seed
+    from effdl.compress.prune import sensitivity_allocation
+
+    space = SearchSpace.from_list(POLICY)
+    seed = sensitivity_seed(digits_task, space, 0.8)
+    allocation = sensitivity_allocation(digits_task.model, digits_task, 0.8)
+    assert {k.rsplit(".", 1)[-1]: v for k, v in seed.items()} == {n: min(max(r, 0.1), 0.9) for n, r in allocation.items()}
+    recipe = space.suggest(optuna.trial.FixedTrial({**seed, "quantize": "none"}), digits_task.model)
+    assert recipe.steps[0].policy == {n: min(max(r, 0.1), 0.9) for n, r in allocation.items()}
+    with pytest.raises(ConfigError, match="no per-layer sparsity policy"):
+        sensitivity_seed(digits_task, SearchSpace.from_list(SPACE), 0.8)

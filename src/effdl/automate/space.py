@@ -64,7 +64,16 @@ class Choice:
         return trial.suggest_categorical(name, list(self.values))
 
 
-Dist = Union[FloatRange, IntRange, Choice]
+@dataclass(frozen=True)
+class PerLayer:
+    """One distribution per layer of the model (a compression policy, AMC/HAQ style): on a mapping
+    field (e.g. prune.weights' layer_sparsity) each layer gets a sampled value; on a list of layer
+    names (e.g. quantize.ptq's exclude) a layer is listed when its sampled choice is true."""
+
+    each: "FloatRange | IntRange | Choice"
+
+
+Dist = Union[FloatRange, IntRange, Choice, PerLayer]
 
 
 def _bounds(info) -> tuple[float | None, float | None, bool, bool]:
@@ -97,19 +106,52 @@ def field_dist(config: type[TechniqueConfig], name: str, spec: Any) -> Dist:
     (``check_step`` then checks each end and choice as a whole config)."""
     where = f"{config.technique}.{name}"
     info = config.model_fields[name]
-    choices = _literal_values(info.annotation)
-    numeric = info.annotation in (int, float)
-    if spec == "auto":
+    if isinstance(spec, Mapping) and set(spec) == {"per_layer"}:
+        kind = _layer_field(info.annotation)
+        if kind is None:
+            raise ConfigError(f"{where} is not a per-layer field (a layer -> value mapping or a list of layer names): "
+                              "per_layer does not apply to it")
+        each = spec["per_layer"]
+        if not (isinstance(each, Mapping) and ("range" in each or "choices" in each)):
+            raise ConfigError(f"{where}: per_layer takes one layer's distribution, {{range: [lo, hi]}} or "
+                              f"{{choices: [...]}}, got {each!r}")
+        if kind == "names" and not (set(each) == {"choices"} and isinstance(each["choices"], (list, tuple))
+                                    and set(each["choices"]) <= {False, True}):
+            raise ConfigError(f"{where} lists layers: per_layer takes {{choices: [false, true]}} (listed or not)")
+        return PerLayer(_value_dist(where, float if kind == "mapping" else bool, each))
+    return _value_dist(where, info.annotation, spec, info)
+
+
+def _layer_field(annotation) -> str | None:
+    """'mapping' for tuple[tuple[str, number], ...] (layer -> value), 'names' for tuple[str, ...]."""
+    if typing.get_origin(annotation) is not tuple:
+        return None
+    args = typing.get_args(annotation)
+    if len(args) != 2 or args[1] is not Ellipsis:
+        return None
+    if args[0] is str:
+        return "names"
+    if typing.get_origin(args[0]) is tuple and typing.get_args(args[0])[:1] == (str,):
+        return "mapping"
+    return None
+
+
+def _value_dist(where: str, annotation, spec: Any, info=None) -> Dist:
+    """A scalar field's distribution (``info``: its pydantic FieldInfo, for ``auto``'s declared bounds)."""
+    name = where.rsplit(".", 1)[-1]
+    choices = _literal_values(annotation)
+    numeric = annotation in (int, float)
+    if spec == "auto" and info is not None:
         if choices is not None:
             return Choice(tuple(choices))
         if not numeric:
-            raise ConfigError(f"{where} is a {getattr(info.annotation, '__name__', info.annotation)} field: "
+            raise ConfigError(f"{where} is a {getattr(annotation, '__name__', annotation)} field: "
                               "'auto' searches numbers and declared choices only; give {choices: [...]}")
         low, high, low_open, high_open = _bounds(info)
         if low is None or high is None:
             raise ConfigError(f"{where} declares no {'upper' if high is None else 'lower'} bound, so 'auto' has no "
                               f"range: give one, e.g. {name}: {{range: [lo, hi]}}")
-        if info.annotation is int:
+        if annotation is int:
             return IntRange(int(low) + low_open, int(high) - high_open)
         # an open end is excluded: step one float inside it
         return FloatRange(math.nextafter(low, high) if low_open else float(low),
@@ -124,7 +166,7 @@ def field_dist(config: type[TechniqueConfig], name: str, spec: Any) -> Dist:
         log = bool(spec.get("log", False))
         if log and rng[0] <= 0:
             raise ConfigError(f"{where}: a log range needs low > 0, got {rng[0]}")
-        if info.annotation is int:
+        if annotation is int:
             return IntRange(int(rng[0]), int(rng[1]), log)
         return FloatRange(float(rng[0]), float(rng[1]), log)
     if isinstance(spec, Mapping) and set(spec) == {"choices"}:
@@ -137,21 +179,41 @@ def field_dist(config: type[TechniqueConfig], name: str, spec: Any) -> Dist:
 
 
 def _values(d: Dist) -> tuple[Any, ...]:
+    """The values that stand for a distribution when a config is checked: its ends or its choices; a
+    per-layer field as one stand-in layer (the model's real names are known only when a trial builds)."""
+    if isinstance(d, PerLayer):
+        ends = _values(d.each)
+        if isinstance(d.each, Choice) and set(d.each.values) <= {False, True}:
+            return ((), ("stand-in layer",))  # a list of layer names: none listed, one listed
+        return tuple(((("stand-in layer", v),)) for v in ends)
     return d.values if isinstance(d, Choice) else (d.low, d.high)
 
 
 def check_step(config: type[TechniqueConfig], fixed: dict[str, Any], searched: dict[str, Dist]) -> None:
     """Every end and choice of every searched field must make a valid config (the config's own
     constraints, cross-field rules included) with the fixed fields and the other fields' first values."""
-    first = {k: _values(d)[0] for k, d in searched.items()}
+    first = {k: _values(d)[-1 if isinstance(d, PerLayer) else 0] for k, d in searched.items()}
     config(**fixed, **first)
     for k, d in searched.items():
         for v in _values(d):
             config(**fixed, **{**first, k: v})
 
 
+def layer_names(model, fixed: Mapping[str, Any], field_name: str) -> list[str]:
+    """The layers a per-layer field ranges over: the model's Conv/Linear layers, less those the step's
+    own ``exclude`` / ``protect_first_last`` leave out (unless ``exclude`` is the field searched)."""
+    from ..compress.prune import prunable_layer_names
+
+    exclude = () if field_name == "exclude" else tuple(fixed.get("exclude", ()))
+    return prunable_layer_names(model, exclude, bool(fixed.get("protect_first_last", False)))
+
+
 def _is_search(value: Any) -> bool:
-    return value == "auto" or (isinstance(value, Mapping) and ("range" in value or "choices" in value))
+    return value == "auto" or (isinstance(value, Mapping) and bool({"range", "choices", "per_layer"} & set(value)))
+
+
+def _dist_dict(d: "FloatRange | IntRange | Choice") -> dict[str, Any]:
+    return {"choices": list(d.values)} if isinstance(d, Choice) else {"range": [d.low, d.high], "log": d.log}
 
 
 @dataclass(frozen=True)
@@ -176,8 +238,18 @@ class StepTemplate:
         check_step(config, dict(fixed), dict(searched))
         return cls(config.technique, fixed, searched)
 
-    def build(self, trial) -> TechniqueConfig:
-        values = {k: dist.sample(trial, f"{self.technique}.{k}") for k, dist in self.searched}
+    def build(self, trial, model=None) -> TechniqueConfig:
+        values = {}
+        for k, dist in self.searched:
+            name = f"{self.technique}.{k}"
+            if not isinstance(dist, PerLayer):
+                values[k] = dist.sample(trial, name)
+                continue
+            if model is None:
+                raise ConfigError(f"{name} is searched per layer: the space needs the model to name its layers")
+            sampled = {layer: dist.each.sample(trial, f"{name}.{layer}") for layer in layer_names(model, dict(self.fixed), k)}
+            values[k] = (tuple(layer for layer, listed in sampled.items() if listed) if isinstance(dist.each, Choice)
+                         and set(dist.each.values) <= {False, True} else sampled)
         return get(self.technique).config(**dict(self.fixed), **values)
 
 
@@ -187,12 +259,12 @@ class Slot:
     options: tuple[StepTemplate, ...]
     optional: bool = False
 
-    def build(self, trial) -> TechniqueConfig | None:
+    def build(self, trial, model=None) -> TechniqueConfig | None:
         names = [o.technique for o in self.options] + ([NONE] if self.optional else [])
         pick = trial.suggest_categorical(self.name, names) if len(names) > 1 else names[0]
         if pick == NONE:
             return None
-        return next(o for o in self.options if o.technique == pick).build(trial)
+        return next(o for o in self.options if o.technique == pick).build(trial, model)
 
 
 @dataclass(frozen=True)
@@ -213,9 +285,10 @@ class SearchSpace:
             raise ConfigError("the search space has nothing to search: every field is fixed and no slot is optional "
                               "or one_of; mark a field 'auto' or {range: [lo, hi]}, or a slot optional")
 
-    def suggest(self, trial) -> Recipe:
-        """The recipe this trial samples (optional slots it leaves out are skipped)."""
-        steps = [s.build(trial) for s in self.slots]
+    def suggest(self, trial, model=None) -> Recipe:
+        """The recipe this trial samples (optional slots it leaves out are skipped); ``model`` names the
+        layers of per-layer fields."""
+        steps = [s.build(trial, model) for s in self.slots]
         return Recipe(tuple(s for s in steps if s is not None))
 
     def to_list(self) -> list[dict[str, Any]]:
@@ -223,8 +296,7 @@ class SearchSpace:
         def step(o: StepTemplate) -> dict[str, Any]:
             out: dict[str, Any] = {"technique": o.technique, **dict(o.fixed)}
             for k, d in o.searched:
-                out[k] = ({"choices": list(d.values)} if isinstance(d, Choice) else
-                          {"range": [d.low, d.high], "log": d.log})
+                out[k] = {"per_layer": _dist_dict(d.each)} if isinstance(d, PerLayer) else _dist_dict(d)
             return out
         return [{"name": s.name, "optional": s.optional, "one_of": [step(o) for o in s.options]} for s in self.slots]
 
