@@ -4,6 +4,11 @@
 (``PrefixCache`` reuses 'prune 80% + distill' for 'prune 80% + distill + int8'), the model is
 stored as safetensors, lowered to each runtime, checked for parity and timed; the fastest verified
 runtime gives the candidate's quality and footprint. A candidate that raises is recorded as failed.
+
+Given a ``RuntimePlanner`` (pipeline.runtime_choice), a candidate is lowered only to the runtimes that
+could still win on the evidence of earlier candidates (unless ``MeasureSettings.all_runtimes``), the
+skipped ones recorded with why; and a model identical to one already measured in this process takes
+that measurement, marked ``reused_from``.
 """
 from __future__ import annotations
 
@@ -18,13 +23,14 @@ import optuna
 import torch.nn as nn
 
 from ..compress.lowrank import structure_of  # pruned shapes + factorized layers
-from ..core.compressed import float_reference
+from ..core.compressed import float_reference, runtime_kind
 from ..core.io import write_json
 from ..core.progress import StageTimer
 from ..core.records import dump_records, records
 from ..core.registry import apply
 from ..metrics.measure import measure_runtime, runtime_footprint, runtime_quality, static_footprint
 from .results import Candidate, Goal, MeasureSettings
+from .runtime_choice import ReuseKey, RuntimePlanner, candidate_runtimes
 from .strategies import CandidateSpec
 
 
@@ -53,22 +59,26 @@ class PrefixCache:
         return copy.deepcopy(model) if steps else model
 
 
-def _runtimes_for(model: nn.Module, spec: CandidateSpec, allowed: tuple[str, ...] | None) -> list[str]:
-    from ..deploy.runtimes import runtimes_for
-
-    names = list(spec.runtimes) if spec.runtimes else runtimes_for(model)
-    if allowed:
-        names = [n for n in names if n in allowed] or names[:1]
-    return names
-
-
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), so a fresh candidate equals a resumed one."""
     return json.loads(json.dumps(obj, default=str))
 
 
+def reused(earlier: Candidate, fresh: dict[str, Any]) -> Candidate:
+    """``earlier``'s measurement under the new id, label and recipe in ``fresh``, marked ``reused_from``.
+
+    ``fresh`` holds what was built for this candidate (its stored model, layers, records, seconds):
+    those are its own; the runtimes, quality and footprint are the earlier candidate's, not re-timed."""
+    artifacts = {**earlier.artifacts, **fresh.pop("artifacts")}  # its own model file; the earlier ONNX
+    update = {**fresh, "artifacts": artifacts, "reused_from": earlier.reused_from or earlier.id,
+              "trial": None, "params": {}}
+    return Candidate.model_validate(jsonable({**earlier.model_dump(mode="python"), "records": {}, **update}))
+
+
 def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Path, goal: Goal,
-                       settings: MeasureSettings) -> Candidate:
+                       settings: MeasureSettings, planner: RuntimePlanner | None = None) -> Candidate:
+    """Build, store and measure ``spec`` (see the module docstring). ``planner`` None: every runtime
+    the model fits, no reuse."""
     t0 = time.perf_counter()
     result: dict[str, Any] = {"id": spec.id, "label": spec.label, "recipe": spec.recipe.to_list(), "status": "failed"}
     timer = StageTimer()
@@ -93,9 +103,23 @@ def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Pa
     except Exception as exc:  # a candidate that raises is recorded and the study goes on
         return done(reason=f"building the candidate failed: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    artifacts = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
+                 "structure": str((cdir / "structure.json").relative_to(out_dir))}
+    names = candidate_runtimes(model, spec, settings.runtimes)
+    reuse_key = None
+    if planner is not None:
+        reuse_key = ReuseKey.of(model, names, settings.key(goal))
+        earlier = planner.recall(reuse_key)
+        if earlier is not None:
+            fresh = {k: result[k] for k in ("layers", "records") if k in result}
+            fresh.update(id=spec.id, label=spec.label, recipe=result["recipe"], artifacts=artifacts,
+                         seconds=round(time.perf_counter() - t0, 2), stage_seconds=timer.seconds)
+            return reused(earlier, fresh)
+        if not settings.all_runtimes:
+            names, result["runtimes_skipped"] = planner.plan(model, spec, names)
     batch_sizes = settings.batch_sizes(goal)
     measured, runtimes = {}, {}
-    for rt in _runtimes_for(model, spec, settings.runtimes):
+    for rt in names:
         with timer.stage(f"measure {rt}"):  # lower, check parity, time
             res = measure_runtime(model, rt, task, workdir=cdir / rt, batch_sizes=batch_sizes,
                                   threads=settings.threads, tolerances=settings.tolerances, repeats=settings.repeats)
@@ -107,6 +131,9 @@ def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Pa
             entry.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"])
         runtimes[rt] = entry
     result["runtimes"] = runtimes
+    if planner is not None:
+        planner.observe(runtime_kind(model), {rt: e.get("latency_ms_p50") for rt, e in runtimes.items()},
+                        batch_size=goal.batch_size, source=spec.id)
     ok = {rt: r for rt, r in measured.items() if r.status == "ok"}
     if not ok:
         reasons = "; ".join(f"{rt}: {r.reason}" for rt, r in measured.items())
@@ -116,15 +143,16 @@ def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Pa
     with timer.stage("evaluate"):
         quality = runtime_quality(res, task, goal.batch_size)
         fp.update(runtime_footprint(res, task, goal.batch_size))
-    artifacts = {"model": str((cdir / "model.safetensors").relative_to(out_dir)),
-                 "structure": str((cdir / "structure.json").relative_to(out_dir))}
     if res.lowered.artifact is not None:
         artifacts["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
     else:
         onnx_ok = [r for r in ok.values() if r.lowered.artifact is not None]
         if onnx_ok:
             artifacts["onnx"] = str(Path(onnx_ok[0].lowered.artifact).relative_to(out_dir))
-    return done(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp,
+    cand = done(status="ok", runtime=best, quality=quality["test"], quality_val=quality["val"], footprint=fp,
                 artifacts=artifacts)
+    if planner is not None:
+        planner.remember(reuse_key, cand)
+    return cand
 
 

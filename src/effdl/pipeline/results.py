@@ -110,6 +110,9 @@ class MeasureSettings:
 
     The target latency's batch size is the goal's; ``large_batch`` is the second batch size timed
     and parity-checked. ``runtimes`` None tries every runtime a model can be lowered to.
+    ``all_runtimes`` False lets a run's RuntimePlanner (pipeline.runtime_choice) skip runtimes that
+    were clearly slower on earlier candidates of the same kind; True lowers every candidate to every
+    runtime it fits (slower; it can change which runtime wins, so it is in the key).
     """
 
     large_batch: int = 32
@@ -117,6 +120,7 @@ class MeasureSettings:
     runtimes: tuple[str, ...] | None = None
     tolerances: Tolerances = field(default_factory=Tolerances)
     repeats: int = 30
+    all_runtimes: bool = False
 
     def __post_init__(self) -> None:
         if self.large_batch < 1 or self.threads < 1 or self.repeats < 1:
@@ -126,6 +130,8 @@ class MeasureSettings:
                 raise ConfigError(f"MeasureSettings.runtimes is a tuple of runtime names, e.g. ('eager', 'ort'), "
                                   f"got {self.runtimes!r}")
             object.__setattr__(self, "runtimes", tuple(self.runtimes))
+        if not isinstance(self.all_runtimes, bool):
+            raise ConfigError(f"MeasureSettings.all_runtimes is True or False, got {self.all_runtimes!r}")
         if not isinstance(self.tolerances, Tolerances):
             raise ConfigError(f"MeasureSettings.tolerances must be an effdl.Tolerances, got {type(self.tolerances).__name__}")
 
@@ -136,7 +142,8 @@ class MeasureSettings:
         """The settings as they enter a candidate's cache key."""
         return {"batch_sizes": list(self.batch_sizes(goal)), "threads": self.threads,
                 "runtimes_allowed": list(self.runtimes) if self.runtimes else None,
-                "tolerances": asdict(self.tolerances), "repeats": self.repeats}
+                "tolerances": asdict(self.tolerances), "repeats": self.repeats,
+                "all_runtimes": self.all_runtimes}
 
 
 class RuntimeMeasurement(_Record):
