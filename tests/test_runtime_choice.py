@@ -114,6 +114,17 @@ def test_reuse_key_sees_weights_runtimes_and_settings():
     assert ReuseKey.of(a, FLOAT, s) != ReuseKey.of(b, FLOAT, s)
 
 
+def test_reuse_key_sees_what_int8_runtimes_read_beyond_the_weights(digits_task):
+    """min-max and percentile PTQ of the same weights have equal state_dicts; ORT calibrates each its own way."""
+    from effdl.compress.quantize import PTQConfig
+
+    s, rts = MeasureSettings().key(Goal()), ["ort-int8"]
+    mm = effdl.apply(digits_task, PTQConfig(num_batches=2))
+    pct = effdl.apply(digits_task, PTQConfig(num_batches=2, calibration="percentile", percentile=99.0))
+    assert ReuseKey.of(mm, rts, s) != ReuseKey.of(pct, rts, s)
+    assert ReuseKey.of(mm, rts, s) == ReuseKey.of(mm, rts, s)
+
+
 def test_all_runtimes_is_in_the_settings_key_and_checked():
     assert MeasureSettings().key(Goal())["all_runtimes"] is False
     assert MeasureSettings(all_runtimes=True).key(Goal())["all_runtimes"] is True

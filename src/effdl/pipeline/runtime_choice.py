@@ -30,9 +30,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
-from ..core.compressed import runtime_kind, weight_format
+from ..core.compressed import CompressedModel, Int8Model, runtime_kind, weight_format
 from ..core.io import state_digest
 from .results import Candidate
 from .strategies import CandidateSpec
@@ -67,17 +68,46 @@ class Observation:
     failed: tuple[str, ...] = ()
 
 
+def _form(model: nn.Module) -> dict[str, Any]:
+    """What a compressed model's runtimes read besides its state_dict: the stored tensors, and for an
+    INT8 model its quantization settings and torch INT8 graph. Two PTQ models of the same weights with
+    min-max and percentile calibration have equal state_dicts, yet ORT calibrates each its own way."""
+    if not isinstance(model, CompressedModel):
+        return {}
+    form: dict[str, Any] = {"stored": _tensors_digest(model.storage_tensors())}
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        form["config"] = config.to_dict()
+    if isinstance(model, Int8Model):
+        spec = model.int8_spec()
+        form.update(settings=spec.settings, calibration=spec.calibration_method, percentile=spec.percentile,
+                    per_channel=spec.per_channel, input_ranges=spec.input_ranges,
+                    quantized=list(spec.quantized_modules), kept_float=list(spec.kept_float),
+                    torch_int8=state_digest(spec.torch_int8))
+    return form
+
+
+def _tensors_digest(tensors: Mapping[str, Any]) -> str:
+    holder, other = nn.Module(), {}
+    for i, (name, t) in enumerate(sorted(tensors.items())):
+        if isinstance(t, torch.Tensor):
+            holder.register_buffer(f"t{i}", t)
+        else:
+            other[name] = repr(t)
+    return f"{state_digest(holder)}|{','.join(sorted(tensors))}|{json.dumps(other, sort_keys=True)}"
+
+
 @dataclass(frozen=True)
 class ReuseKey:
-    """What makes two measurements the same: the model's weights and form, its runtime list and
-    every measurement setting (MeasureSettings.key)."""
+    """What makes two measurements the same: the model's weights and form (stored tensors, INT8
+    settings), its runtime list and every measurement setting (MeasureSettings.key)."""
 
     digest: str
 
     @classmethod
     def of(cls, model: nn.Module, runtimes: list[str], settings_key: Mapping[str, Any]) -> "ReuseKey":
         blob = json.dumps({"state": state_digest(model), "class": type(model).__qualname__,
-                           "kind": runtime_kind(model), "format": weight_format(model),
+                           "kind": runtime_kind(model), "format": weight_format(model), "form": _form(model),
                            "runtimes": list(runtimes), "settings": settings_key}, sort_keys=True, default=str)
         return cls(hashlib.sha256(blob.encode()).hexdigest())
 
