@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .core.errors import EffdlError
+from .core.errors import ConfigError, EffdlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make models smaller, faster and better, measured.")
 # torchao warns at import that its CUDA-only extensions cannot load on a CPU machine; that is expected.
@@ -127,6 +127,8 @@ def optimize(
     higher_is_better: Optional[bool] = typer.Option(None, "--higher-is-better/--lower-is-better",
                                                     help="direction of --metric when it is not the task's primary metric"),
     batch_size: int = typer.Option(1, "--batch-size", help="batch size of the target latency"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="upper limit on the target: ms p50 (latency) or "
+                                           "bytes (size); a candidate over it is not chosen"),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="comma-separated subset, e.g. eager,ort,ort-int8"),
     threads: int = typer.Option(2, "--threads"),
     latency_tie: float = typer.Option(0.05, "--latency-tie", help="latencies within this fraction of the fastest count as tied (noise); ties go to the smaller model"),
@@ -141,6 +143,21 @@ def optimize(
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="text tasks: evaluate on at most this many "
                                              "examples (pairs, texts or windows) per validation/test split"),
     repeats: int = typer.Option(30, "--repeats", help="timed calls per runtime and batch size (after warm-up)"),
+    search: Optional[str] = typer.Option(None, "--search", help="search instead of measuring the whole grid: "
+                                         "grid (the strategy's candidates) | random | tpe | nsga2 | cmaes"),
+    trials: int = typer.Option(30, "--trials", help="--search: trials in the study (all workers together)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", "--time-budget", help="--search: stop starting "
+                                            "trials after this many seconds"),
+    objectives: Optional[str] = typer.Option(None, "--objectives", help="--search: footprints to minimise, "
+                                             "comma-separated (latency,size); several imply a Pareto search"),
+    pruner: str = typer.Option("median", "--pruner", help="--search: median | hyperband | none (stops hopeless "
+                               "fine-tuning early; single objective only)"),
+    space: Optional[Path] = typer.Option(None, "--space", help="--search: YAML search space (default: the one "
+                                         "shipped for the task's kind; docs/search.md)"),
+    study: str = typer.Option("effdl-search", "--study", help="--search: study name in the storage"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="--search: sqlite:///FILE (default OUT/study.db), "
+                                          "journal:FILE (several processes) or postgresql://... (several machines)"),
+    seed: int = typer.Option(0, "--seed", help="--search: the sampler's seed"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
     _check_out(out_dir)
@@ -154,10 +171,22 @@ def optimize(
 
     # settings are checked before the (slow) model and data load
     goal = Goal(metric=metric, higher_is_better=higher_is_better, max_drop=max_drop, relative=relative_drop,
-                target=target, batch_size=batch_size, latency_tie=latency_tie)
+                target=target, batch_size=batch_size, latency_tie=latency_tie, budget=budget)
     rts = tuple(runtimes.split(",")) if runtimes else None
     MeasureSettings(threads=threads, runtimes=rts, large_batch=large_batch or 32, repeats=repeats)
     listed = load_candidates(candidates) if candidates is not None else None
+    searching = None
+    if search is not None:
+        from .automate.search import SearchSettings
+        from .automate.space import SearchSpace
+
+        if listed is not None and search != "grid":
+            raise ConfigError(f"--candidates lists fixed candidates: search them with --search grid, not {search!r}")
+        searching = SearchSettings(sampler=search, trials=trials, timeout=timeout, pruner=pruner, seed=seed,
+                                   study=study, objectives=tuple(objectives.split(",")) if objectives else None,
+                                   space=SearchSpace.load(space) if space is not None else None)
+    elif storage is not None or space is not None:
+        raise ConfigError("--storage and --space are settings of a search: add --search tpe (or grid, random, nsga2, cmaes)")
     task = _task(model, data, weights, allow_pickle, eval_limit=eval_limit)
     if large_batch is None:
         large_batch = 4 if task.kind == "causal-lm" else 32
@@ -165,9 +194,11 @@ def optimize(
     goal = goal.resolve(task)
     specs = listed if listed is not None else candidates_for(strategy, task=task)
     provenance = Provenance(command="effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:]), model=model, data=data)
+    job_spec = {"model": model, "data": data, "weights": weights, "allow_pickle": allow_pickle, "eval_limit": eval_limit,
+                "out": str(out_dir.resolve())}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:
-        job = bar.add_task("candidates", total=len(specs))
+        job = bar.add_task("candidates", total=len(specs) if searching is None else trials + 1)
         stage_job = bar.add_task("", total=None)
 
         def on_stage(stage: str, done: int, total) -> None:  # apply / train / measure <runtime> / evaluate
@@ -181,9 +212,54 @@ def optimize(
             bar.console.print(_line(c, ev, goal.metric))
 
         with listening(on_stage):
-            results = run(task, goal, out_dir=out_dir, candidates=specs, measure=settings, provenance=provenance,
-                          on_event=on_event)
+            results = run(task, goal, out_dir=out_dir, candidates=specs if searching is None else listed,
+                          strategy=strategy, measure=settings, provenance=provenance, on_event=on_event,
+                          search=searching, storage=storage, job=job_spec)
     _summary(results, out_dir)
+
+
+@app.command()
+@handled
+def worker(
+    study: str = typer.Option(..., "--study", help="the study's name (`effdl optimize --search ... --study NAME`)"),
+    storage: str = typer.Option(..., "--storage", help="the study's storage URL: postgresql://..., journal:FILE or "
+                                "sqlite:///FILE"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="where this worker writes its candidates' files "
+                                           "(default: the optimize run's --out, when on this machine)"),
+) -> None:
+    """Join a running search: take trials of the study until its trial budget is reached.
+
+    The model, data, goal, space and measurement settings are the ones the study was started with,
+    so every worker measures alike; `effdl optimize` (or `effdl report`) writes the results."""
+    _steady_allocator()
+    from .automate.search import run_search, settings_from_dict, study_job
+    from .core.progress import listening
+    from .metrics.measure import Tolerances
+    from .pipeline.results import Goal, MeasureSettings, Provenance
+
+    job = study_job(study, storage)
+    wdir = out_dir or Path(job["out"])
+    _check_out(wdir)
+    task = _task(job["model"], job["data"], job["weights"], job["allow_pickle"], eval_limit=job["eval_limit"])
+    goal = Goal(**job["goal"])
+    m = dict(job["measure"])
+    measure = MeasureSettings(**{**m, "runtimes": tuple(m["runtimes"]) if m.get("runtimes") else None,
+                                 "tolerances": Tolerances(**m["tolerances"])})
+    settings = settings_from_dict(job["search"])
+    provenance = Provenance(command="effdl " + " ".join(shlex.quote(a) for a in sys.argv[1:]), model=job["model"],
+                            data=job["data"])
+
+    def on_event(ev: str, c) -> None:
+        if ev == "start":
+            err.print(f"{c.id} {c.label}", highlight=False)
+        elif ev == "done":
+            err.print(_line(c, ev, goal.metric), highlight=False)
+
+    with listening(lambda stage, done, total: None):
+        run_search(task, goal, out_dir=wdir, settings=settings, measure=measure, storage=storage,
+                   provenance=provenance, on_event=on_event, strategy=job.get("strategy", "shrink-and-improve"),
+                   finish=False)
+    out.print(f"worker done: study {study!r} holds its trial budget ({settings.trials})", highlight=False)
 
 
 def _line(c, ev: str, metric: str) -> str:

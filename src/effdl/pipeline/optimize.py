@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import shutil
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from pathlib import Path
 
 from ..core.errors import ConfigError, suggest
 from ..core.io import replace_dir, sha256_file, state_digest, write_json
 from ..metrics.env import environment
 from .pareto import pareto_front
-from .results import TARGETS, Candidate, Export, Goal, MeasureSettings, Provenance, Results
+from .results import TARGETS, Candidate, Export, Goal, MeasureSettings, Provenance, Results, SearchSummary
 from .candidate import PrefixCache, jsonable, measure_candidate
+from .runtime_choice import RuntimePlanner
 from .strategies import CandidateSpec, candidates_for
 from .study import Study
+
+if TYPE_CHECKING:
+    from ..automate.search import SearchSettings
 
 Event = Callable[[str, "Candidate | CandidateSpec"], None]
 
@@ -41,9 +45,22 @@ def choose(candidates: list[Candidate], baseline: Candidate, goal: Goal) -> tupl
     sign = 1.0 if goal.spec.higher_is_better else -1.0  # sign * value: larger is better
     ok = [c for c in candidates if c.ok]
     base_val = baseline.quality_val[metric]
-    feasible = [c for c in ok if goal.feasible(base_val, c.quality_val[metric])]
+
+    def within_budget(c: Candidate) -> bool:
+        return goal.budget is None or getattr(c.footprint, key) <= goal.budget
+
+    feasible = [c for c in ok if goal.feasible(base_val, c.quality_val[metric]) and within_budget(c)]
     if not feasible:
-        return None, f"no candidate is within {amount(goal.max_drop, goal)} of the baseline's validation {metric}"
+        # the closest ones (smallest drop among those within the budget, else the smallest footprints),
+        # so the user sees how far the goal is and can relax it knowingly
+        pool = [c for c in ok if c.recipe and within_budget(c)]
+        near = (sorted(pool, key=lambda c: goal.drop(base_val, c.quality_val[metric])) if pool else
+                sorted((c for c in ok if c.recipe), key=lambda c: getattr(c.footprint, key)))[:3]
+        closest = "; ".join(f"{c.id} {c.label}: drop {amount(goal.drop(base_val, c.quality_val[metric]), goal)}, "
+                            f"{getattr(c.footprint, key):.4g} {key}" for c in near)
+        limit = f" and {key} <= {goal.budget:g}" if goal.budget is not None else ""
+        return None, (f"no candidate is within {amount(goal.max_drop, goal)} of the baseline's validation {metric}"
+                      f"{limit}" + (f"; the closest: {closest}" if closest else ""))
 
     def cost(c: Candidate, k: str) -> float:
         return getattr(c.footprint, k)
@@ -66,27 +83,8 @@ def choose(candidates: list[Candidate], baseline: Candidate, goal: Goal) -> tupl
     return best.id, why
 
 
-def optimize(
-    task,
-    goal: Goal | None = None,
-    *,
-    out_dir: str | Path,
-    candidates: list[CandidateSpec] | None = None,
-    strategy: str = "shrink-and-improve",
-    measure: MeasureSettings = MeasureSettings(),
-    storage: str | None = None,
-    provenance: Provenance | None = None,
-    on_event: Event | None = None,
-) -> Results:
-    """Measure every candidate (``candidates``, else those of ``strategy``) on ``task``; choose by ``goal``.
-
-    ``goal`` None: the default Goal (the task's primary metric, at most 0.01 worse, lowest latency
-    at batch 1). Writes results.json, the chosen model, pareto.csv and report.html under ``out_dir``,
-    and returns the Results. ``on_event(event, candidate)`` is called with "start" (the
-    CandidateSpec), then "done" or "resumed" (the measured Candidate). A re-run with the same
-    ``out_dir`` resumes: candidates measured with the same recipe, baseline model and measurement
-    settings are read back, not redone.
-    """
+def resolve_goal(task, goal: Goal | None, measure: MeasureSettings) -> Goal:
+    """``goal`` (default: Goal()) with the task's metric and direction, checked against what the task reports."""
     if goal is None:
         goal = Goal()
     if not isinstance(goal, Goal):
@@ -98,16 +96,60 @@ def optimize(
     if goal.metric not in reported:
         raise ConfigError(f"metric {goal.metric!r} is not one the task reports: {list(reported)}."
                           f"{suggest(goal.metric, reported)}")
+    return goal
+
+
+def measurement_key(task, goal: Goal, measure: MeasureSettings, provenance: Provenance | None) -> dict:
+    """Every setting that changes a measured number: the measurement settings, the baseline's weights,
+    the data and how much of it is evaluated (e.g. a text task's eval limit). The goal's metric and
+    limits only change the choice, so they are not in it."""
+    return {**measure.key(goal), "baseline_model": state_digest(task.model)[:16],
+            "data": provenance.data if provenance else None, "task": type(task).__name__,
+            "examples": {s: task.num_examples(s) for s in ("train", "val", "test")}}
+
+
+def optimize(
+    task,
+    goal: Goal | None = None,
+    *,
+    out_dir: str | Path,
+    candidates: list[CandidateSpec] | None = None,
+    strategy: str = "shrink-and-improve",
+    measure: MeasureSettings = MeasureSettings(),
+    storage: str | None = None,
+    provenance: Provenance | None = None,
+    on_event: Event | None = None,
+    search: "SearchSettings | None" = None,
+    job: dict | None = None,
+) -> Results:
+    """Measure every candidate (``candidates``, else those of ``strategy``) on ``task``; choose by ``goal``.
+
+    ``goal`` None: the default Goal (the task's primary metric, at most 0.01 worse, lowest latency
+    at batch 1). Writes results.json, the chosen model, pareto.csv and report.html under ``out_dir``,
+    and returns the Results. ``on_event(event, candidate)`` is called with "start" (the
+    CandidateSpec), then "done" or "resumed" (the measured Candidate). A re-run with the same
+    ``out_dir`` resumes: candidates measured with the same recipe, baseline model and measurement
+    settings are read back, not redone.
+
+    ``search`` (an automate.SearchSettings) searches instead of measuring a fixed list: recipes are
+    sampled from a search space (or, for sampler "grid", drawn from the ``strategy``'s candidates)
+    against the measured numbers, in the Optuna study ``search.study`` of ``storage``; ``job`` (the
+    model/data specs) is stored with the study so `effdl worker` can join it.
+    """
+    goal = resolve_goal(task, goal, measure)
+    if search is not None:
+        from ..automate.search import run_search
+
+        return run_search(task, goal, out_dir=out_dir, settings=search, measure=measure, storage=storage,
+                          provenance=provenance, on_event=on_event, strategy=strategy, candidates=candidates,
+                          job=job)
     out_dir = Path(out_dir)
     specs = candidates if candidates is not None else candidates_for(strategy, task=task)
-    # every setting that changes a measured number (the baseline's weights, the data and how much of it
-    # is evaluated, e.g. a text task's eval limit); the goal's metric and limits only change the choice
-    key_settings = {**measure.key(goal), "baseline_model": state_digest(task.model)[:16],
-                    "data": provenance.data if provenance else None, "task": type(task).__name__,
-                    "examples": {s: task.num_examples(s) for s in ("train", "val", "test")}}
+    key_settings = measurement_key(task, goal, measure, provenance)
     study = Study(out_dir, storage)
     done = study.finished()
     cache = PrefixCache(task)
+    planner = RuntimePlanner()  # lowers each candidate only to the runtimes that can still win for it
     emit = on_event or (lambda ev, c: None)
     sign = 1.0 if goal.higher_is_better else -1.0  # the study maximises its first value
     results: list[Candidate] = []
@@ -119,7 +161,7 @@ def optimize(
             continue
         emit("start", spec)
         trial = study.start(key, spec.id)
-        cand = measure_candidate(spec, cache, task, out_dir, goal, measure)
+        cand = measure_candidate(spec, cache, task, out_dir, goal, measure, planner)
         values = (sign * cand.quality_val[goal.metric], getattr(cand.footprint, TARGETS[goal.target])) if cand.ok else None
         study.finish(trial, cand, values)
         results.append(cand)
@@ -128,9 +170,9 @@ def optimize(
 
 
 def finalize(candidates: list[Candidate], *, out_dir: str | Path, goal: Goal, provenance: Provenance | None,
-             threads: int) -> Results:
-    """Drops, frontiers, the choice, the exported model and the report, from measured candidates
-    (the first is the baseline; ``goal`` is resolved)."""
+             threads: int, search: SearchSummary | None = None, export: bool = True) -> Results:
+    """Drops, frontiers, the choice, the exported model (``export``) and the report, from measured
+    candidates (the first is the baseline; ``goal`` is resolved)."""
     from ..report import write_report
 
     metric = goal.spec.name
@@ -151,8 +193,9 @@ def finalize(candidates: list[Candidate], *, out_dir: str | Path, goal: Goal, pr
                                    "on_frontier": c.id in frontier[goal.target]}) for c in filled]
     chosen, reason = choose(filled, filled[0], goal)
     results = Results(goal=goal, provenance=provenance, environment=jsonable(environment(threads=threads)),
-                      baseline=baseline.id, chosen=chosen, chosen_reason=reason, frontier=frontier, candidates=filled)
-    if chosen:
+                      baseline=baseline.id, chosen=chosen, chosen_reason=reason, frontier=frontier, candidates=filled,
+                      search=search)
+    if chosen and export:
         results = results.model_copy(update={"export": export_chosen(results, Path(out_dir))})
     results.save(Path(out_dir) / "results.json")
     write_report(results, out_dir)

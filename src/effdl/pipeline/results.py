@@ -66,6 +66,8 @@ class Goal(_Record):
     batch_size: int = pydantic.Field(1, ge=1)  # batch size of the target latency
     select_on: Literal["val"] = "val"  # the split the constraint is checked on; test is only reported
     latency_tie: float = pydantic.Field(0.05, ge=0, allow_inf_nan=False)
+    #: an upper limit on the target footprint (ms for latency, bytes for size); None: no limit
+    budget: float | None = pydantic.Field(None, gt=0, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -249,7 +251,7 @@ class SearchSummary(_Record):
     hypervolume_reference: list[float] = []
     importances: dict[str, float] = {}  # parameter -> importance (Optuna's fANOVA), when computable
     seconds: float | None = None
-    stopped_by: str | None = None  # "trials", "timeout", "time budget", "space exhausted"
+    stopped_by: str | None = None  # "trials", "timeout", "space exhausted"; "running" while it runs
 
 
 class Provenance(_Record):

@@ -50,8 +50,11 @@ def headline(results: Results) -> list[str]:
     ]
     ch = results.chosen_candidate
     if ch is None:
-        lines.append(f"chosen: none — {results.chosen_reason}")
+        lines.append(f"warning: no model chosen — {results.chosen_reason}. Relax --max-drop or add candidates.")
         return lines
+    if not ch.recipe:
+        lines.append("warning: no compressed candidate met the goal; the chosen model is the baseline itself. "
+                     "Relax --max-drop, or search longer.")
     cf = ch.footprint
     unit = {"pt": " points", "%": "%", "": ""}[drop_unit(goal)]
     # a drop is "how much worse": its negative is the change shown
