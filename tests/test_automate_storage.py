@@ -252,6 +252,19 @@ def test_a_live_process_keeps_its_running_trial_until_it_dies(tmp_path):
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["reason"] == INTERRUPTED
 
 
+def test_fail_running_with_retry_requeues_the_trial(tmp_path):
+    study = optuna.create_study(study_name="x", storage=open_storage(None, tmp_path / "study.db"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        t = study.ask()
+    t.suggest_int("n", 0, 9)
+    assert st.fail_running(study, "interrupted", retry=True) == [t.number]
+    dead, copy = study.trials
+    assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["reason"] == "interrupted"
+    assert copy.state == optuna.trial.TrialState.WAITING and copy.params == dead.params
+    assert copy.system_attrs["failed_trial"] == dead.number
+
+
 def test_a_study_on_a_shared_storage_leaves_running_trials_alone(postgres_url, tmp_path):
     from effdl.pipeline.results import Candidate
 

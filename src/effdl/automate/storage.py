@@ -198,9 +198,12 @@ def claim(path: Path) -> bool:
         return True
 
 
-def fail_running(study: optuna.Study, reason: str) -> list[int]:
+def fail_running(study: optuna.Study, reason: str, *, retry: bool = False) -> list[int]:
     """Mark every RUNNING trial of ``study`` FAIL with user attribute ``reason`` (for a study this
-    process owns alone: see ``claim``); returns their numbers. No retry copies are made."""
+    process owns alone: see ``claim``); returns their numbers. ``retry``: also hand each to the
+    storage's stale-trial callback (a WAITING copy with the same parameters), as a stale heartbeat
+    would, so a search re-runs it; without it, no copies are made."""
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)() if retry else None
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         try:
@@ -209,6 +212,8 @@ def fail_running(study: optuna.Study, reason: str) -> list[int]:
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # finished meanwhile
         failed.append(t.number)
+        if callback is not None:
+            callback(study, study._storage.get_trial(t._trial_id))
     return failed
 
 
