@@ -150,14 +150,17 @@ def optimize(
                                             "trials after this many seconds"),
     objectives: Optional[str] = typer.Option(None, "--objectives", help="--search: footprints to minimise, "
                                              "comma-separated (latency,size); several imply a Pareto search"),
-    pruner: str = typer.Option("median", "--pruner", help="--search: median | hyperband | none (stops hopeless "
-                               "fine-tuning early; single objective only)"),
+    pruner: str = typer.Option("none", "--pruner", help="--search: none | median | hyperband: stop a trial whose "
+                               "fine-tuning is further beyond --max-drop than its peers' at the same epoch (single "
+                               "objective; may stop aggressive candidates that would recover, see docs/search.md)"),
     space: Optional[Path] = typer.Option(None, "--space", help="--search: YAML search space (default: the one "
                                          "shipped for the task's kind; docs/search.md)"),
     study: str = typer.Option("effdl-search", "--study", help="--search: study name in the storage"),
     storage: Optional[str] = typer.Option(None, "--storage", help="--search: sqlite:///FILE (default OUT/study.db), "
                                           "journal:FILE (several processes) or postgresql://... (several machines)"),
     seed: int = typer.Option(0, "--seed", help="--search: the sampler's seed"),
+    heartbeat: int = typer.Option(20, "--heartbeat", help="--search: seconds between a running trial's heartbeats; "
+                                  "a trial silent for 6 of them (its worker died) is retried"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
     _check_out(out_dir)
@@ -183,6 +186,7 @@ def optimize(
         if listed is not None and search != "grid":
             raise ConfigError(f"--candidates lists fixed candidates: search them with --search grid, not {search!r}")
         searching = SearchSettings(sampler=search, trials=trials, timeout=timeout, pruner=pruner, seed=seed,
+                                   heartbeat=heartbeat,
                                    study=study, objectives=tuple(objectives.split(",")) if objectives else None,
                                    space=SearchSpace.load(space) if space is not None else None)
     elif storage is not None or space is not None:
@@ -232,7 +236,7 @@ def worker(
     The model, data, goal, space and measurement settings are the ones the study was started with,
     so every worker measures alike; `effdl optimize` (or `effdl report`) writes the results."""
     _steady_allocator()
-    from .automate.search import run_search, settings_from_dict, study_job
+    from .automate.search import job_grid, run_search, settings_from_dict, study_job
     from .core.progress import listening
     from .metrics.measure import Tolerances
     from .pipeline.results import Goal, MeasureSettings, Provenance
@@ -258,7 +262,7 @@ def worker(
     with listening(lambda stage, done, total: None):
         run_search(task, goal, out_dir=wdir, settings=settings, measure=measure, storage=storage,
                    provenance=provenance, on_event=on_event, strategy=job.get("strategy", "shrink-and-improve"),
-                   finish=False)
+                   candidates=job_grid(job), finish=False)
     out.print(f"worker done: study {study!r} holds its trial budget ({settings.trials})", highlight=False)
 
 

@@ -23,6 +23,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -44,6 +46,8 @@ from .space import SearchSpace, default_space
 from .storage import open_storage, redact
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2", "cmaes")
+#: heartbeats a running trial may miss before it counts as dead (a busy 2-core machine delays a few)
+GRACE_BEATS = 6
 PRUNERS = ("none", "median", "hyperband")
 #: study user attributes
 _JOB, _FINGERPRINT, _BASELINE = "effdl_job", "effdl_fingerprint", "effdl_baseline"
@@ -59,12 +63,18 @@ class SearchSettings:
     trials: int = 30
     timeout: float | None = None
     objectives: tuple[str, ...] | None = None  # footprints (latency, size); None: the goal's target
-    pruner: str = "median"
+    #: "none" by default: a compressed model's fine-tuning curve starts far below its peers' and often
+    #: recovers, so comparing curves at equal epochs stops exactly the aggressive candidates a frontier
+    #: needs (docs/search.md has a measured case); opt in per search
+    pruner: str = "none"
     seed: int = 0
     study: str = "effdl-search"
     space: SearchSpace | None = None  # None: the shipped space for the task's kind (grid: the strategy)
     #: trial parameters to evaluate first (e.g. automate.policy.sensitivity_seed), enqueued on a new study
     seeds: tuple[dict[str, Any], ...] = ()
+    #: seconds between a running trial's heartbeats; a trial silent for GRACE_BEATS of them is taken as
+    #: dead (its worker was killed) and retried by the next worker that starts a trial
+    heartbeat: int = 20
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -82,6 +92,8 @@ class SearchSettings:
                 raise ConfigError(f"unknown objective {o!r}.{suggest(o, TARGETS)} Footprints: {', '.join(TARGETS)}")
         if self.objectives is not None and (not self.objectives or len(set(self.objectives)) != len(self.objectives)):
             raise ConfigError(f"objectives must be distinct footprints among {', '.join(TARGETS)}, got {self.objectives!r}")
+        if isinstance(self.heartbeat, bool) or not isinstance(self.heartbeat, int) or self.heartbeat < 1:
+            raise ConfigError(f"heartbeat must be a positive whole number of seconds, got {self.heartbeat!r}")
         if self.sampler == "cmaes" and self.objectives is not None and len(self.objectives) > 1:
             raise ConfigError("cmaes optimises one objective: use nsga2 for several footprints")
 
@@ -130,7 +142,8 @@ def _fingerprint(key_settings: dict, goal: Goal, settings: SearchSettings, space
 
 def _open_study(settings: SearchSettings, goal: Goal, storage: str | None, out_dir: Path, fingerprint: str,
                 sampler, pruner) -> optuna.Study:
-    store = open_storage(storage, out_dir / "study.db")
+    store = open_storage(storage, out_dir / "study.db", heartbeat_interval=settings.heartbeat,
+                         grace_period=GRACE_BEATS * settings.heartbeat)
     multi = settings.multi(goal)
     directions = ["maximize"] * multi + ["minimize"] * len(settings.footprints(goal))
     study = optuna.create_study(study_name=settings.study, storage=store, sampler=sampler, pruner=pruner,
@@ -184,6 +197,7 @@ class _Search:
         return check
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it (a killed worker's trial is retried elsewhere)
         spec = self.spec(trial)
         self.emit("start", spec)
         try:
@@ -245,6 +259,25 @@ def _trials_left(study: optuna.Study, trials: int) -> Callable:
         if _counted(study) >= trials:
             study.stop()
     return callback
+
+
+def _drain(study: optuna.Study, runner: _Search, settings: SearchSettings, callbacks: list) -> None:
+    """Before the results are written: wait for other workers' running trials, and run the retries of
+    trials whose worker died (a running trial whose heartbeat stopped is failed after the grace
+    period and re-queued by the storage's retry callback), so every trial of the budget is measured."""
+    S = optuna.trial.TrialState
+    while True:
+        with warnings.catch_warnings():  # marked experimental; it is the documented way to reap dead trials
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(S.WAITING,))
+        if waiting:
+            study.optimize(runner.objective, n_trials=len(waiting), callbacks=callbacks, catch=(Exception,),
+                           gc_after_trial=False, show_progress_bar=False)
+            continue
+        if not study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+            return
+        time.sleep(settings.heartbeat)
 
 
 def _candidates(study: optuna.Study) -> list[Candidate]:
@@ -351,9 +384,11 @@ def run_search(task, goal: Goal, *, out_dir: str | Path, settings: SearchSetting
         sampler = _sampler(settings, len(grid or ()))
     study = _open_study(settings, goal, storage, out_dir, fingerprint, sampler, _pruner(settings, multi))
     if job is not None and _JOB not in study.user_attrs:
+        grid_rows = [{"label": g.label, "steps": g.recipe.to_list(), "runtimes": list(g.runtimes or ())}
+                     for g in grid] if grid is not None else None
         study.set_user_attr(_JOB, jsonable({**job, "goal": goal.model_dump(mode="json"),
                                             "measure": asdict(measure), "search": _settings_dict(settings),
-                                            "strategy": strategy}))
+                                            "strategy": strategy, "grid": grid_rows}))
     if settings.seeds and not study.get_trials(deepcopy=False):
         for params in settings.seeds:
             study.enqueue_trial(params)
@@ -376,12 +411,13 @@ def run_search(task, goal: Goal, *, out_dir: str | Path, settings: SearchSetting
         # a running search (the chosen model is exported once, at the end)
         results("running", export=False)
 
+    callbacks = [_trials_left(study, settings.trials)] + ([snapshot] if finish else [])
     if _counted(study) < settings.trials:
-        study.optimize(runner.objective, n_trials=None, timeout=settings.timeout,
-                       callbacks=[_trials_left(study, settings.trials)] + ([snapshot] if finish else []),
+        study.optimize(runner.objective, n_trials=None, timeout=settings.timeout, callbacks=callbacks,
                        catch=(Exception,), gc_after_trial=False, show_progress_bar=False)
     if not finish:
         return None
+    _drain(study, runner, settings, callbacks)
     seconds = time.perf_counter() - t0
     stopped_by = ("trials" if _counted(study) >= settings.trials else
                   "timeout" if settings.timeout is not None and seconds >= settings.timeout else "space exhausted")
@@ -402,6 +438,15 @@ def settings_from_dict(data: dict[str, Any]) -> SearchSettings:
     data["seeds"] = tuple(data.get("seeds", ()))
     return SearchSettings(**data, objectives=tuple(objectives) if objectives else None,
                           space=SearchSpace.from_list(space) if space is not None else None)
+
+
+def job_grid(job: dict[str, Any]) -> list[CandidateSpec] | None:
+    """The grid a study's job holds (sampler 'grid'), as CandidateSpecs a worker measures alike."""
+    rows = job.get("grid")
+    if rows is None:
+        return None
+    return [CandidateSpec(f"g{i:02d}", r["label"], Recipe.from_list(r["steps"]), tuple(r["runtimes"]) or None)
+            for i, r in enumerate(rows)]
 
 
 def study_job(study_name: str, storage: str) -> dict[str, Any]:
