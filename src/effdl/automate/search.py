@@ -43,7 +43,7 @@ from ..pipeline.results import TARGETS, Candidate, Goal, MeasureSettings, Proven
 from ..pipeline.strategies import CandidateSpec, candidates_for
 from .hypervolume import hypervolume, normalised, reference_point
 from .space import SearchSpace, default_space
-from .storage import open_storage, redact
+from .storage import claim, fail_running, open_storage, redact
 
 SAMPLERS = ("grid", "random", "tpe", "nsga2", "cmaes")
 #: heartbeats a running trial may miss before it counts as dead (a busy 2-core machine delays a few)
@@ -244,14 +244,13 @@ class _Search:
 
 
 def _counted(study: optuna.Study) -> int:
-    """Trials that use up the budget: finished with a result (or pruned) and those running now. A trial
-    failed by a dead worker's missed heartbeat has no result and does not count (it is retried)."""
+    """Trials that use up the budget: finished (complete, pruned, failed) and those running now, less
+    the failed ones that were re-queued (a dead worker's trial: its retry counts instead)."""
     S = optuna.trial.TrialState
-    n = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) or (t.state == S.FAIL and _REASON in t.user_attrs):
-            n += 1
-    return n
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) or (t.state == S.FAIL and t.number not in retried)
+               for t in trials)
 
 
 def _trials_left(study: optuna.Study, trials: int) -> Callable:
@@ -389,6 +388,10 @@ def run_search(task, goal: Goal, *, out_dir: str | Path, settings: SearchSetting
         study.set_user_attr(_JOB, jsonable({**job, "goal": goal.model_dump(mode="json"),
                                             "measure": asdict(measure), "search": _settings_dict(settings),
                                             "strategy": strategy, "grid": grid_rows}))
+    if storage is None and claim(out_dir / "study.db"):
+        # this process alone uses the out dir's study: a RUNNING trial there was left by a run that died;
+        # re-queue it now rather than after the heartbeat grace period
+        fail_running(study, "interrupted: the process running it died", retry=True)
     if settings.seeds and not study.get_trials(deepcopy=False):
         for params in settings.seeds:
             study.enqueue_trial(params)
