@@ -80,3 +80,13 @@ def test_search_settings_are_checked_before_any_work(tmp_path, space):
 def test_a_worker_needs_a_started_study(tmp_path):
     r = effdl("worker", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 'study.db'}")
     _clean_error(r, "no study named 'nope'", "effdl optimize --search")
+
+
+def test_an_unreachable_storage_is_named_without_its_password(tmp_path, space):
+    r = effdl("optimize", *FAST, "--search", "tpe", "--space", str(space), "--out", str(tmp_path / "run"),
+              "--storage", "postgresql://effdl:s3cret@127.0.0.1:1/effdl")
+    _clean_error(r, "127.0.0.1:1")
+    assert "s3cret" not in r.stderr + r.stdout
+    r = effdl("worker", "--study", "x", "--storage", "postgresql://effdl:s3cret@127.0.0.1:1/effdl")
+    _clean_error(r, "127.0.0.1:1")
+    assert "s3cret" not in r.stderr + r.stdout
