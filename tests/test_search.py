@@ -22,9 +22,9 @@ SPACE = SearchSpace.from_list([
 ])
 
 
-def _search(task, out, **kw):
+def _search(task, out, storage_url=None, **kw):
     settings = SearchSettings(**{"sampler": "tpe", "trials": 5, "space": SPACE, "pruner": "none", **kw})
-    return effdl.optimize(task, Goal(max_drop=0.05), out_dir=out, measure=FAST, search=settings)
+    return effdl.optimize(task, Goal(max_drop=0.05), out_dir=out, measure=FAST, search=settings, storage=storage_url)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,16 @@ def test_bad_settings_are_refused():
         SearchSettings(objectives=("speed",))
     with pytest.raises(ConfigError, match="cmaes optimises one objective"):
         SearchSettings(sampler="cmaes", objectives=("latency", "size"))
+
+
+def test_a_journal_study_is_written_from_what_finished(digits_task, tmp_path):
+    # several processes on one machine share a journal file; it has no heartbeats, so a trial left
+    # RUNNING (here: asked and never told, as by a killed worker) cannot be told from a live one and
+    # the results are written from the finished trials instead of waiting for it
+    url = f"journal:{tmp_path / 'journal.log'}"
+    first = _search(digits_task, tmp_path / "a", trials=2, storage_url=url)
+    study = optuna.load_study(study_name="effdl-search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))))
+    study.ask()  # a trial that will never finish
+    again = _search(digits_task, tmp_path / "a", trials=2, storage_url=url)
+    assert [c.id for c in again.candidates] == [c.id for c in first.candidates]

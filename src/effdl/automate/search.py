@@ -276,6 +276,10 @@ def _drain(study: optuna.Study, runner: _Search, settings: SearchSettings, callb
             continue
         if not study.get_trials(deepcopy=False, states=(S.RUNNING,)):
             return
+        if not getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+            # a storage without heartbeats (the journal file) cannot tell a dead worker's trial from a
+            # live one: write the results from what is finished rather than wait for ever
+            return
         time.sleep(settings.heartbeat)
 
 
