@@ -1,26 +1,10 @@
 """`effdl optimize --search` and `effdl worker` from the command line, on the real digits MLP."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from test_cli import _assert_clean_error as _clean_error, effdl
 
-ENV = {**os.environ, "EFFDL_NO_REEXEC": "1"}
 FAST = ["--model", "zoo:mlp", "--data", "digits", "--runtimes", "eager,ort", "--repeats", "3"]
-
-
-def effdl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "effdl.cli", *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=600)
-
-
-def _clean_error(r, *needles):
-    assert r.returncode == 2, r.stderr + r.stdout
-    assert "Traceback" not in r.stderr
-    text = " ".join(r.stderr.split())
-    for n in needles:
-        assert n in text, text
 
 
 @pytest.fixture
