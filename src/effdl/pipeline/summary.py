@@ -52,7 +52,7 @@ def headline(results: Results) -> list[str]:
     if ch is None:
         lines.append(f"warning: no model chosen — {results.chosen_reason}. Relax --max-drop or add candidates.")
         return lines
-    if not ch.recipe:
+    if ch.id == results.baseline:
         lines.append("warning: no compressed candidate met the goal; the chosen model is the baseline itself. "
                      "Relax --max-drop, or search longer.")
     cf = ch.footprint

@@ -15,6 +15,7 @@ from .sections import card, environment, findings_section, header
 from .lowrank import LOWRANK
 from .quant import QUANT
 from .registry import section_html
+from .search import search_section
 from .share import SHARE
 from .sparsity import SPARSITY
 from .table import candidates_table
@@ -94,6 +95,7 @@ def render_html(results: Results | dict) -> str:
         card(view),
         findings_section(findings(view)),
         _plots(view),
+        search_section(view),
         *(section_html(view, s) for s in SECTIONS),
         "<section><h2>Candidates</h2>", candidates_table(view), "</section>",
         environment(view),

@@ -62,8 +62,13 @@ def _runtimes(cand: Candidate) -> str:
             f"<td>{ms(r.latency_ms_p50)}</td><td>{ms(r.latency_ms_p90)}</td>"
             f"<td class=\"wrap\">{detail}</td></tr>"
         )
+    for rt, why in cand.runtimes_skipped.items():  # not lowered: cheaper evidence said it could not win
+        rows.append(f"<tr><td>{esc(rt)}</td><td>skipped</td><td></td><td></td><td class=\"wrap\">{esc(why)}</td></tr>")
+    reused = (f' <span class="reason">measurement reused from {esc(cand.reused_from)}</span> (the same model: '
+              "not timed again)" if cand.reused_from else "")
+    skipped = f", {len(cand.runtimes_skipped)} skipped" if cand.runtimes_skipped else ""
     return (
-        f"<details><summary>runtimes: {len(runs)} tried, {n_ok} ok</summary><table class=\"inner\">"
+        f"{reused}<details><summary>runtimes: {len(runs)} tried, {n_ok} ok{skipped}</summary><table class=\"inner\">"
         "<tr><th>runtime</th><th>status</th><th>p50</th><th>p90</th><th>parity / reason</th></tr>"
         + "".join(rows) + "</table></details>"
     )
