@@ -197,7 +197,10 @@ class _Search:
         return check
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it (a killed worker's trial is retried elsewhere)
+        # which process ran it; a retry copies its dead original's attributes, whose reason is not this one's
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if _REASON in trial.user_attrs:
+            trial.set_user_attr(_REASON, None)
         spec = self.spec(trial)
         self.emit("start", spec)
         try:
