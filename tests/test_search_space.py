@@ -173,3 +173,31 @@ def test_the_sensitivity_seed_reproduces_the_one_shot_allocation(digits_task):
     assert recipe.steps[0].policy == {n: min(max(r, 0.1), 0.9) for n, r in allocation.items()}
     with pytest.raises(ConfigError, match="no per-layer sparsity policy"):
         sensitivity_seed(digits_task, SearchSpace.from_list(SPACE), 0.8)
+
+
+def test_seeds_are_checked_against_the_space_and_round_trip():
+    data = {"slots": SPACE, "seeds": [{"shrink": "prune.magnitude", "prune.magnitude.sparsity": 0.9}]}
+    space = SearchSpace.from_list(data)
+    assert space.seeds == ({"shrink": "prune.magnitude", "prune.magnitude.sparsity": 0.9},)
+    assert SearchSpace.from_list(space.to_list()) == space
+    with pytest.raises(ConfigError, match="'prune.magnitude.sparsty' is not in the search space.*sparsity"):
+        SearchSpace.from_list({"slots": SPACE, "seeds": [{"prune.magnitude.sparsty": 0.9}]})
+    with pytest.raises(ConfigError, match=r"sparsity=0.99 is outside the search space: it must be in \[0.3, 0.95\]"):
+        SearchSpace.from_list({"slots": SPACE, "seeds": [{"prune.magnitude.sparsity": 0.99}]})
+    with pytest.raises(ConfigError, match="must be one of"):
+        SearchSpace.from_list({"slots": SPACE, "seeds": [{"shrink": "prune.heads"}]})
+    with pytest.raises(ConfigError, match="'slots' and optional 'seeds'"):
+        SearchSpace.from_list({"slot": SPACE})
+
+
+def test_the_shipped_classification_seeds_are_the_textbook_recipes():
+    from effdl.automate.space import default_space
+
+    class _Kind:
+        kind = "classification"
+
+    space = default_space(_Kind())
+    labels = [space.suggest(optuna.trial.FixedTrial(p)).label() for p in space.seeds]
+    assert labels[0] == ("prune.magnitude(sparsity=0.9,schedule=iterative,finetune_epochs=2.0) + "
+                         "learn.distill(epochs=8.0) + quantize.ptq()")
+    assert labels[1] == "prune.channels(finetune_epochs=2.0) + learn.distill(epochs=8.0) + quantize.float()"

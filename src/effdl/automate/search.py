@@ -399,8 +399,9 @@ def run_search(task, goal: Goal, *, out_dir: str | Path, settings: SearchSetting
         # this process alone uses the out dir's study: a RUNNING trial there was left by a run that died;
         # re-queue it now rather than after the heartbeat grace period
         fail_running(study, "interrupted: the process running it died", retry=True)
-    if settings.seeds and not study.get_trials(deepcopy=False):
-        for params in settings.seeds:
+    seeds = tuple(settings.seeds) + (space.seeds if space is not None else ())
+    if seeds and not study.get_trials(deepcopy=False):
+        for params in seeds:
             study.enqueue_trial(params)
     planner = RuntimePlanner()
     baseline = _baseline(study, task, goal, measure, out_dir, emit, planner)

@@ -27,7 +27,7 @@ import annotated_types
 import yaml
 
 from ..core.config import TechniqueConfig
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, suggest
 from ..core.registry import get
 from ..pipeline.recipe import Recipe
 
@@ -270,6 +270,8 @@ class Slot:
 @dataclass(frozen=True)
 class SearchSpace:
     slots: tuple[Slot, ...]
+    #: trial parameters evaluated first on a new study (known-good recipes the sampler then builds on)
+    seeds: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -284,6 +286,39 @@ class SearchSpace:
         if not any(s.optional or len(s.options) > 1 or any(o.searched for o in s.options) for s in self.slots):
             raise ConfigError("the search space has nothing to search: every field is fixed and no slot is optional "
                               "or one_of; mark a field 'auto' or {range: [lo, hi]}, or a slot optional")
+        for seed in self.seeds:
+            self.check_params(seed)
+
+    def parameters(self) -> dict[str, Dist | Choice]:
+        """Every parameter a trial may sample: slot choices and ``<technique>.<field>`` distributions
+        (a per-layer field is one entry; its parameters are ``<technique>.<field>.<layer>``)."""
+        out: dict[str, Dist | Choice] = {}
+        for s in self.slots:
+            names = [o.technique for o in s.options] + ([NONE] if s.optional else [])
+            if len(names) > 1:
+                out[s.name] = Choice(tuple(names))
+            for o in s.options:
+                out.update({f"{o.technique}.{k}": d for k, d in o.searched})
+        return out
+
+    def check_params(self, params: Any) -> None:
+        """Refuse trial parameters (a seed) that name no parameter of this space or lie outside it."""
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"a seed is a mapping of the space's parameters to values, got {params!r}")
+        known = self.parameters()
+        for name, value in params.items():
+            dist = known.get(name)
+            layer_of = next((k for k, d in known.items() if isinstance(d, PerLayer) and name.startswith(k + ".")), None)
+            if dist is None and layer_of is not None:
+                dist = known[layer_of].each
+            if dist is None:
+                raise ConfigError(f"seed parameter {name!r} is not in the search space.{suggest(name, known)} "
+                                  f"Parameters: {', '.join(known)}")
+            ok = (value in dist.values) if isinstance(dist, Choice) else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and dist.low <= value <= dist.high)
+            if not ok:
+                where = f"one of {list(dist.values)}" if isinstance(dist, Choice) else f"in [{dist.low}, {dist.high}]"
+                raise ConfigError(f"seed parameter {name}={value!r} is outside the search space: it must be {where}")
 
     def suggest(self, trial, model=None) -> Recipe:
         """The recipe this trial samples (optional slots it leaves out are skipped); ``model`` names the
@@ -298,10 +333,21 @@ class SearchSpace:
             for k, d in o.searched:
                 out[k] = {"per_layer": _dist_dict(d.each)} if isinstance(d, PerLayer) else _dist_dict(d)
             return out
-        return [{"name": s.name, "optional": s.optional, "one_of": [step(o) for o in s.options]} for s in self.slots]
+        slots = [{"name": s.name, "optional": s.optional, "one_of": [step(o) for o in s.options]} for s in self.slots]
+        return {"slots": slots, "seeds": [dict(p) for p in self.seeds]} if self.seeds else slots
 
     @classmethod
     def from_list(cls, data: Any) -> "SearchSpace":
+        """A space from data: a list of slots, or ``{slots: [...], seeds: [{param: value, ...}, ...]}``."""
+        seeds: Any = ()
+        if isinstance(data, Mapping):
+            if set(data) - {"slots", "seeds"} or "slots" not in data:
+                raise ConfigError("a search space is a list of slots, or a mapping with 'slots' and optional 'seeds' "
+                                  f"(trial parameters to evaluate first), got keys {sorted(data)}")
+            seeds = data.get("seeds") or ()
+            if not isinstance(seeds, list):
+                raise ConfigError("the space's seeds must be a list of {parameter: value} mappings")
+            data = data["slots"]
         if not isinstance(data, list):
             raise ConfigError("a search space is a list of slots: each a technique step ({technique: ..., fields}) or "
                               "{one_of: [steps], optional: bool, name: ...}")
@@ -322,7 +368,7 @@ class SearchSpace:
             else:
                 options = (StepTemplate.parse(item),)
             slots.append(Slot(str(name or options[0].technique.split(".")[0]), options, optional))
-        return cls(tuple(slots))
+        return cls(tuple(slots), tuple(dict(p) if isinstance(p, Mapping) else p for p in seeds))
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
