@@ -209,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated: lenet5,minilm")
         ap.add_argument("--target", default="latency", choices=("latency", "size"), help="the samplers' footprint")
         ap.add_argument("--no-policy", action="store_true", help="skip part 2 (policy search)")
+        ap.add_argument("--trials", type=int, help="trials per study for every task (default: the mode's)")
 
     def adjust(mode, args):
         mode["tasks"] = args.tasks.split(",")
         mode["target"] = args.target
         mode["policy"] = not args.no_policy
+        if args.trials:
+            mode["trials"] = {t: args.trials for t in mode["trials"]}
 
     return bench_main(__doc__, "search", MODES, run, render, argv, threads=2, add_args=add_args, adjust=adjust)
 
