@@ -51,6 +51,7 @@ tr.failed td{color:#7b838a;background:#fafafa}.wrap{white-space:normal}
 .reason{color:#c92a2a;font-weight:600}
 .ok{color:#2b8a3e}.bad{color:#c92a2a;font-weight:600}
 .tag{font-size:10px;border-radius:3px;padding:0 4px;color:#fff}.tag.base{background:#111}.tag.chosen{background:#d6336c}
+.tag.reused{background:#e8590c}
 table.inner{font-size:11px;margin-top:4px}table.inner td,table.inner th{border:1px solid #eef1f3}
 table.env th{color:#5c6670;font-weight:500}.note{color:#5c6670;font-size:12px}
 ul.findings li{margin:3px 0}.plots{display:grid;grid-template-columns:1fr 1fr;gap:12px}

@@ -38,13 +38,18 @@ def _tile(big: str, small: str) -> str:
     return f'<div class="tile"><div class="big">{big}</div><div class="small">{small}</div></div>'
 
 
+def _reused(c: Candidate) -> str:
+    """A reused measurement is never shown as a fresh one."""
+    return f' <span class="reason">(measurement reused from {esc(c.reused_from)})</span>' if c.reused_from else ""
+
+
 def _card_rows(view: View, cands: list[Candidate]) -> list[tuple[str, list[str]]]:
     def both(key: str, show) -> list[str]:
         return [show(fp(c, key)) for c in cands]
 
     return [
         ("candidate", [f"<b>{esc(c.id)}</b> {esc(c.label)}" for c in cands]),
-        ("runtime", [esc(c.runtime) or NA for c in cands]),
+        ("runtime", [(esc(c.runtime) or NA) + _reused(c) for c in cands]),
         (esc(view.metric), [num(view.quality(c)) for c in cands]),
         ("drop vs baseline", [view.drop_text(c.quality_drop) for c in cands]),
         ("latency p50 / p90", [f"{ms(fp(c, 'latency_ms_p50'))} / {ms(fp(c, 'latency_ms_p90'))}" for c in cands]),

@@ -23,6 +23,9 @@ def _tags(view: View, cand: Candidate) -> str:
         tags.append('<span class="tag base">baseline</span>')
     if cand is view.chosen:
         tags.append('<span class="tag chosen">chosen</span>')
+    if cand.reused_from:  # never let a copied measurement pass for a fresh one
+        tags.append(f'<span class="tag reused" title="measurement reused from {esc(cand.reused_from)}: the same '
+                    f'model, not measured again">reused from {esc(cand.reused_from)}</span>')
     return " ".join(tags)
 
 
@@ -47,7 +50,7 @@ def _frontier(view: View, cand: Candidate) -> str:
 
 def _runtimes(cand: Candidate) -> str:
     runs = cand.runtimes
-    if not runs:
+    if not runs and not cand.runtimes_skipped and not cand.reused_from:
         return NA
     n_ok = sum(1 for r in runs.values() if r.status == "ok")
     rows = []
@@ -67,8 +70,9 @@ def _runtimes(cand: Candidate) -> str:
     reused = (f' <span class="reason">measurement reused from {esc(cand.reused_from)}</span> (the same model: '
               "not timed again)" if cand.reused_from else "")
     skipped = f", {len(cand.runtimes_skipped)} skipped" if cand.runtimes_skipped else ""
+    of = f" (of {esc(cand.reused_from)})" if cand.reused_from else ""
     return (
-        f"{reused}<details><summary>runtimes: {len(runs)} tried, {n_ok} ok{skipped}</summary><table class=\"inner\">"
+        f"{reused}<details><summary>runtimes{of}: {len(runs)} tried, {n_ok} ok{skipped}</summary><table class=\"inner\">"
         "<tr><th>runtime</th><th>status</th><th>p50</th><th>p90</th><th>parity / reason</th></tr>"
         + "".join(rows) + "</table></details>"
     )
