@@ -193,3 +193,22 @@ def test_all_runtimes_measures_everything_even_with_a_planner(digits_task, tmp_p
     settings = MeasureSettings(repeats=3, large_batch=8, runtimes=("eager", "ort"), all_runtimes=True)
     cand = measure_candidate(spec, PrefixCache(digits_task), digits_task, tmp_path, goal, settings, planner=planner)
     assert cand.ok and set(cand.runtimes) == {"eager", "ort"} and cand.runtimes_skipped == {}
+
+
+def test_state_digest_reads_quantized_state():
+    # a dynamic INT8 Linear keeps a dtype and packed (weight, bias) in its state_dict: each is hashed by value
+    import copy
+
+    import torch
+
+    from effdl.core.io import state_digest
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    q = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+    other = copy.deepcopy(m)
+    with torch.no_grad():
+        other[0].weight[0, 0] += 1.0
+    q_other = torch.ao.quantization.quantize_dynamic(other, {torch.nn.Linear}, dtype=torch.qint8)
+    assert state_digest(q) == state_digest(copy.deepcopy(q))
+    assert state_digest(q) != state_digest(q_other)

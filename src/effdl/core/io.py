@@ -61,13 +61,30 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
 def state_digest(model: torch.nn.Module) -> str:
     """sha256 (hex) of a module's state: names, shapes, dtypes and bytes (distinct weights never collide)."""
     h = hashlib.sha256()
-    for name, t in model.state_dict().items():
+
+    def add(name: str, t) -> None:
+        if isinstance(t, (tuple, list)):  # packed parameters (a dynamic INT8 Linear's weight and bias)
+            for i, item in enumerate(t):
+                add(f"{name}[{i}]", item)
+            return
+        if not isinstance(t, torch.Tensor):  # e.g. the dtype a quantized module keeps in its state
+            h.update(f"{name}|{t!r}|".encode())
+            return
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.is_quantized:  # the integer codes and their scales, not a lossy repr
+            add(f"{name}.int_repr", t.int_repr())
+            scales = t.q_per_channel_scales() if t.qscheme() in (torch.per_channel_affine,
+                                                                   torch.per_channel_symmetric) else torch.tensor(t.q_scale())
+            add(f"{name}.scale", scales)
+            return
         flat = t.detach().cpu().contiguous().reshape(-1)
         try:
             h.update(flat.view(torch.uint8).numpy().tobytes())
-        except (RuntimeError, TypeError):  # dtypes numpy cannot view as bytes (quantized tensors)
+        except (RuntimeError, TypeError):  # dtypes numpy cannot view as bytes
             h.update(repr(flat.tolist()).encode())
+
+    for name, t in model.state_dict().items():
+        add(name, t)
     return h.hexdigest()
 
 
