@@ -77,7 +77,7 @@ def postgres_url():
 
     run(bindir / "initdb", "-D", data, "-U", "effdl", f"--pwfile={root / 'pw'}", "--auth=scram-sha-256",
         "-E", "UTF8", "--locale=C")
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=60"
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
     run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", opts, "start")
     try:
         run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "effdl", "effdl_test",

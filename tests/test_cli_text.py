@@ -72,14 +72,16 @@ def test_optimize_smollm2_on_austen(tmp_path):
     out = tmp_path / "run"
     r = effdl("optimize", "--model", "zoo:smollm2-135m", "--data", "austen", "--candidates", str(cands),
               "--eval-limit", "2", "--large-batch", "1", "--repeats", "3", "--max-drop", "0.05", "--relative-drop",
-              "--out", str(out))
+              "--target", "size", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     results = _check_run(out, metric="perplexity", higher_is_better=False, tmp_path=tmp_path)
     base, w8 = results.baseline_candidate, results.by_id["c01"]
     # REFERENCE: 33.19 on Persuasion with 1024-token windows; here two 256-token windows of it
     assert 15 < base.quality["perplexity"] < 80
     assert w8.ok and abs(w8.quality_val["perplexity"] / base.quality_val["perplexity"] - 1) < 0.05
-    assert results.chosen == "c01"  # within 5% and about half the bytes (int8 codes + scales; tied head once)
+    # within 5% and about half the bytes (int8 codes + scales; tied head once); the target is size, since
+    # both run the same FP32 kernels (decoded weights) and their latencies differ only by noise
+    assert results.chosen == "c01"
     assert json.loads((out / "model" / "recipe.json").read_text())["steps"][0]["technique"] == "quantize.weights"
 
 

@@ -42,9 +42,15 @@ def _wait(cond, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+_STORAGES = {}
+
+
 def _study(url, name):
+    # one storage (one connection pool) per URL for all the polling: a new one per call would leak
+    # connections until the server refuses more
+    storage = _STORAGES.setdefault(url, optuna.storages.RDBStorage(url))
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
 
