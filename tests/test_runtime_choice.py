@@ -212,3 +212,13 @@ def test_state_digest_reads_quantized_state():
     q_other = torch.ao.quantization.quantize_dynamic(other, {torch.nn.Linear}, dtype=torch.qint8)
     assert state_digest(q) == state_digest(copy.deepcopy(q))
     assert state_digest(q) != state_digest(q_other)
+
+
+def test_a_runtime_measured_alone_is_no_evidence_that_it_can_win():
+    # the grid's first baseline runs on eager only: that must not keep eager in every later plan
+    planner = RuntimePlanner(margin=1.25)
+    planner.observe("float", {"eager": 0.119}, source="c00")
+    planner.observe("float", {"eager": 0.150, "compile": 0.097, "ort": 0.0177}, source="c01")
+    tried, skipped = planner.plan(_model(), _spec(), FLOAT)
+    assert tried == ["ort"] and set(skipped) == {"eager", "compile"}
+    assert "8.47x slower than ort on the earlier float candidate (0.15 vs 0.0177 ms" in skipped["eager"]

@@ -153,6 +153,8 @@ class RuntimePlanner:
             if rt not in obs.latency_ms:
                 continue
             others = {o: obs.latency_ms[o] for o in general if o in obs.latency_ms}
+            if len(others) < 2:  # measured alone (e.g. the eager-only baseline): no evidence of its rank
+                continue
             fastest = min(others, key=others.get)
             ratios.append((obs.latency_ms[rt] / others[fastest], obs.latency_ms[rt], fastest, others[fastest], obs))
         if not ratios or min(r[0] for r in ratios) <= self.margin:
