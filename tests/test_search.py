@@ -180,3 +180,17 @@ def test_a_journal_study_is_written_from_what_finished(digits_task, tmp_path):
     study.ask()  # a trial that will never finish
     again = _search(digits_task, tmp_path / "a", trials=2, storage_url=url)
     assert [c.id for c in again.candidates] == [c.id for c in first.candidates]
+
+
+def test_cmaes_minimises_the_footprint_with_the_excess_drop_as_a_penalty(digits_task, tmp_path):
+    res = _search(digits_task, tmp_path, sampler="cmaes", trials=3)
+    base = res.baseline_candidate
+    study = optuna.load_study(study_name="effdl-search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    by_id = {c.id: c for c in res.candidates}
+    for t in study.trials:
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        c = by_id[f"t{t.number:03d}"]
+        excess = max(0.0, c.quality_drop_val - 0.05)
+        expected = c.footprint.latency_ms_p50 + base.footprint.latency_ms_p50 * excess / 0.05
+        assert t.value == pytest.approx(expected, rel=1e-9)

@@ -118,11 +118,12 @@ def _sampler(settings: SearchSettings, grid_size: int) -> optuna.samplers.BaseSa
     if s == "tpe":
         # few trials: start modelling early; multivariate + group handle the conditional slots
         return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=min(8, max(2, settings.trials // 4)),
-                                          multivariate=True, group=True, warn_independent_sampling=False)
+                                          multivariate=True, group=True)
     if s == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=max(4, min(20, settings.trials // 3)))
-    return optuna.samplers.CmaEsSampler(seed=settings.seed, warn_independent_sampling=False,
-                                        n_startup_trials=min(5, max(1, settings.trials // 5)))
+    # categorical slots are sampled independently of the CMA-ES distribution (Optuna logs it; effdl's
+    # search sets Optuna's log level to errors)
+    return optuna.samplers.CmaEsSampler(seed=settings.seed, n_startup_trials=min(5, max(1, settings.trials // 5)))
 
 
 def _pruner(settings: SearchSettings, multi: bool) -> optuna.pruners.BasePruner:
