@@ -163,10 +163,10 @@ class _Search:
     """The state one process needs to run trials of a study."""
 
     def __init__(self, task, goal: Goal, settings: SearchSettings, measure: MeasureSettings, out_dir: Path,
-                 study: optuna.Study, baseline: Candidate, space: SearchSpace | None, grid: list[CandidateSpec] | None,
+                 baseline: Candidate, space: SearchSpace | None, grid: list[CandidateSpec] | None,
                  on_event: Callable, planner: RuntimePlanner) -> None:
         self.task, self.goal, self.settings, self.measure = task, goal, settings, measure
-        self.out_dir, self.study, self.baseline = out_dir, study, baseline
+        self.out_dir, self.baseline = out_dir, baseline
         self.space, self.grid, self.emit = space, grid, on_event
         self.cache = PrefixCache(task)
         self.planner = planner
@@ -406,7 +406,7 @@ def run_search(task, goal: Goal, *, out_dir: str | Path, settings: SearchSetting
             study.enqueue_trial(params)
     planner = RuntimePlanner()
     baseline = _baseline(study, task, goal, measure, out_dir, emit, planner)
-    runner = _Search(task, goal, settings, measure, out_dir, study, baseline, space, grid, emit, planner)
+    runner = _Search(task, goal, settings, measure, out_dir, baseline, space, grid, emit, planner)
     for cand in _candidates(study):
         emit("resumed", cand)
     t0 = time.perf_counter()
