@@ -2,7 +2,7 @@
 
     python bench/search.py --quick      # results in bench/results/search.md
 
-Part 1, samplers. On each task (LeNet-5 / MNIST; all-MiniLM-L6-v2 / STS-B with a 100-pair eval
+Part 1, samplers. On each task (LeNet-5 / MNIST; all-MiniLM-L6-v2 / STS-B with a 200-pair eval
 limit) and the same trial budget, one study per sampler, each in a fresh process with its own
 inductor cache: ``grid`` (the strategy's fixed candidates drawn without repeats: today's grid at
 equal trials), ``random``, ``tpe`` (both minimise latency subject to the 1-point drop constraint)
@@ -32,9 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("grid", "random", "tpe", "nsga2")
-TASKS = {"lenet5": ("zoo:lenet5", "mnist", None), "minilm": ("zoo:minilm", "stsb", 100)}
+TASKS = {"lenet5": ("zoo:lenet5", "mnist", None), "minilm": ("zoo:minilm", "stsb", 200)}
 MODES = {
-    "quick": {"trials": {"lenet5": 12, "minilm": 5}, "repeats": 10, "policy_trials": 8, "seed": 0},
+    "quick": {"trials": {"lenet5": 12, "minilm": 12}, "repeats": 10, "policy_trials": 8, "seed": 0},
     "full": {"trials": {"lenet5": 30, "minilm": 15}, "repeats": 30, "policy_trials": 20, "seed": 0},
 }
 MAX_DROP = 0.01

@@ -201,3 +201,21 @@ def test_the_shipped_classification_seeds_are_the_textbook_recipes():
     assert labels[0] == ("prune.magnitude(sparsity=0.9,schedule=iterative,finetune_epochs=2.0) + "
                          "learn.distill(epochs=8.0) + quantize.ptq()")
     assert labels[1] == "prune.channels(finetune_epochs=2.0) + learn.distill(epochs=8.0) + quantize.float()"
+
+
+def test_the_shipped_encoder_seeds_are_the_text_grids_recovered_int8_recipes():
+    from effdl.automate.space import default_space
+    from effdl.compress.prune import ChannelPruneConfig, HeadPruneConfig
+    from effdl.compress.quantize import PTQConfig
+    from effdl.learn import DistillConfig
+
+    class _Kind:
+        kind = "sentence-embedding"
+
+    space = default_space(_Kind())
+    recipes = [space.suggest(optuna.trial.FixedTrial(p)) for p in space.seeds]
+    kd = DistillConfig(epochs=0.25, lr=2e-5, alpha=0.5)  # the text grid's distillation step
+    heads, ffn = recipes[0].steps, recipes[1].steps
+    assert heads == (HeadPruneConfig(ratio=0.25, batches=4), kd, PTQConfig(mode="dynamic"))
+    assert isinstance(ffn[0], ChannelPruneConfig) and ffn[0].ratio == 0.25 and not ffn[0].protect_first
+    assert ffn[1:] == (kd, PTQConfig(mode="dynamic"))
