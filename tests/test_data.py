@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import random
 
 import numpy as np
@@ -21,6 +22,7 @@ SIZES = {
     "digits": (1258, 180, 359, (1, 8, 8)),
     "mnist1d": (3600, 400, 1000, (1, 40)),
 }
+SIZES.update({f"{n}-raw": v for n, v in SIZES.items()})  # each also without the standardization
 
 
 def _xy(ds: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +55,23 @@ def test_split_sizes_shapes_and_dtypes(bundled, name):
         s.name = "other"
 
 
+@pytest.mark.parametrize("name", ["mnist", "digits", "mnist1d"])
+def test_raw_variants_are_the_same_data_without_the_standardization(bundled, name):
+    std, raw = bundled[name], bundled[f"{name}-raw"]
+    # the record states the exact transform: (x - mean) / std with the train split's scalar statistics
+    m = re.search(r"\(x - (-?[0-9.]+)\) / ([0-9.]+)", std.preprocessing)
+    assert m and "standardized" in std.preprocessing and raw.preprocessing.endswith("not standardized")
+    mean, sd = float(m.group(1)), float(m.group(2))
+    x_raw = _xy(raw.train)[0].double()
+    assert abs(float(x_raw.mean()) - mean) < 5e-5 and abs(float(x_raw.std(unbiased=False)) - sd) < 5e-5
+    for split in ("train", "val", "test"):
+        a, b = _xy(getattr(std, split))[0].double(), _xy(getattr(raw, split))[0].double()
+        assert torch.allclose(a * sd + mean, b, atol=1e-3)  # the stated statistics have 4 decimals
+        assert torch.equal(_xy(getattr(std, split))[1], _xy(getattr(raw, split))[1])
+    if name != "mnist1d":  # pixels scaled to [0, 1]
+        assert 0.0 <= float(x_raw.min()) and float(x_raw.max()) <= 1.0
+
+
 def test_mnist_split_is_exactly_stratified(bundled):
     # 500 images per class: 360 / 40 / 100 per class in every split.
     s = bundled["mnist"]
@@ -80,7 +99,7 @@ def test_splits_are_disjoint_and_cover_the_data(bundled, name):
     assert sum(len(r) for r in rows) == len(set().union(*rows)) == sum(SIZES[name][:3])
 
 
-@pytest.mark.parametrize("name", sorted(SIZES))
+@pytest.mark.parametrize("name", sorted(n for n in SIZES if not n.endswith("-raw")))
 def test_train_split_normalized_with_its_own_statistics(bundled, name):
     s = bundled[name]
     x = _xy(s.train)[0].double()

@@ -161,6 +161,9 @@ def optimize(
     seed: int = typer.Option(0, "--seed", help="--search: the sampler's seed"),
     heartbeat: int = typer.Option(20, "--heartbeat", help="--search: seconds between a running trial's heartbeats; "
                                   "a trial silent for 6 of them (its worker died) is retried"),
+    allow_weak_baseline: bool = typer.Option(False, "--allow-weak-baseline", help="compress a model that scores no "
+                                             "better than chance or far below a linear probe on this data (refused "
+                                             "by default: it usually expects differently prepared inputs)"),
 ) -> None:
     """Build, measure and compare candidates; write the frontier, the chosen model and the report."""
     _check_out(out_dir)
@@ -218,7 +221,7 @@ def optimize(
         with listening(on_stage):
             results = run(task, goal, out_dir=out_dir, candidates=specs if searching is None else listed,
                           strategy=strategy, measure=settings, provenance=provenance, on_event=on_event,
-                          search=searching, storage=storage, job=job_spec)
+                          search=searching, storage=storage, job=job_spec, check_baseline=not allow_weak_baseline)
     _summary(results, out_dir)
 
 
@@ -451,7 +454,10 @@ def data() -> None:
     """List the bundled data sets, image/tensor and text."""
     from .data import DATASETS, TEXT_DATASETS, TEXT_PREPROCESSING
 
-    _listing("bundled data (use as --data <name>; synthetic:CxHxW for latency only)", DATASETS.items())
+    from .data.bundled import PREPROCESSING
+
+    _listing("bundled data (use as --data <name>; synthetic:CxHxW for latency only)",
+             ((n, f"{d}. Preprocessing: {PREPROCESSING[n]}") for n, d in DATASETS.items()))
     _listing("text data (effdl.data.load_text(name); installed by `make setup`)",
              ((n, f"{d}. Preprocessing: {TEXT_PREPROCESSING[n]}") for n, d in TEXT_DATASETS.items()))
 

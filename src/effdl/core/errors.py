@@ -36,6 +36,10 @@ class ArtifactError(EffdlError):
     """A weights/artifact file is missing, truncated or does not match the model."""
 
 
+class BaselineError(EffdlError, ValueError):
+    """The model to compress scores no better than its data supports without it (broken or mismatched)."""
+
+
 def suggest(name: str, choices) -> str:
     """' Did you mean X?' for the closest valid choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)

@@ -14,6 +14,8 @@ else (no technique imports a concrete Task class or touches a dataset):
 - ``example_input(b)`` and ``dynamic_axes``: real inputs and which of their axes may vary (batch;
   sequence for sequence models). ``output_kind`` says how outputs compare (parity checks).
 - ``with_model(model)``: the same task around another model.
+- ``reference_quality(split)``: what the data supports without the model (a predictor that ignores
+  the input; a linear probe where cheap), so a baseline that is no better can be stopped early.
 
 ``kind`` names the task family (``TASK_KINDS``); techniques that only make sense for some families
 declare them at registration (``core.registry.register(..., tasks=...)``).
@@ -53,6 +55,23 @@ class MetricSpec:
         """How much worse ``value`` is than ``baseline`` (positive = worse), absolute or relative."""
         d = (baseline - value) if self.higher_is_better else (value - baseline)
         return d / abs(baseline) if relative and baseline != 0 else d
+
+
+@dataclass(frozen=True)
+class QualityReference:
+    """What the data supports without the model, on one split, in the task's primary metric.
+
+    ``chance``: the quality of a predictor that ignores its input (``chance_what`` says which), known
+    to within ``noise`` (one standard error of the metric on this split; 0 where not meaningful).
+    ``probe``: the quality of a linear model fitted on the train split's inputs as they are fed to
+    the model (``probe_what``), or None where no such probe is cheap.
+    """
+
+    chance: float
+    noise: float
+    chance_what: str
+    probe: float | None = None
+    probe_what: str = ""
 
 
 class TrainHook:
@@ -264,6 +283,11 @@ class Task(ABC):
         return model.eval()
 
     # -- copies -----------------------------------------------------------------------------------
+    def reference_quality(self, split: str = "val") -> QualityReference | None:
+        """What ``split`` supports without the model (see :class:`QualityReference`); None when the
+        task knows no such reference."""
+        return None
+
     def with_model(self, model: nn.Module) -> "Task":
         """The same task (data, settings, shared caches) around ``model``."""
         new = object.__new__(type(self))
@@ -294,6 +318,15 @@ class LabelledTask(Task):
 
     def output_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(outputs, targets)
+
+    def reference_quality(self, split: str = "val") -> QualityReference | None:
+        """Chance: always predicting the split's most frequent class."""
+        y = torch.cat([t for _, t in self.batches(split, 512)])
+        counts = torch.bincount(y, minlength=self.num_classes)
+        top = int(counts.argmax())
+        p = float(counts[top]) / len(y)
+        return QualityReference(chance=p, noise=math.sqrt(p * (1 - p) / len(y)),
+                                chance_what=f"always predicting the most frequent class ({top})")
 
     def check_logits(self, out: torch.Tensor) -> None:
         if out.ndim != 2 or out.shape[1] != self.num_classes:

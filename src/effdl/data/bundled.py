@@ -39,17 +39,20 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
     return _read_only(d.data / 16.0, d.target)
 
 
-def _mnist(seed: int) -> Splits:
+def _mnist(seed: int, standardize: bool = True) -> Splits:
     x, y = _mnist_raw()
     train, val, test = stratified_indices(y, [3600, 400, 1000], seed)
-    return normalized_splits("mnist", DATASETS["mnist"], [(x[i], y[i]) for i in (train, val, test)],
-                             (1, 28, 28), 10, seed)
+    name = "mnist" if standardize else "mnist-raw"
+    return normalized_splits(name, DATASETS[name], [(x[i], y[i]) for i in (train, val, test)],
+                             (1, 28, 28), 10, seed, scaling=SCALING["mnist"], standardize=standardize)
 
 
-def _digits(seed: int) -> Splits:
+def _digits(seed: int, standardize: bool = True) -> Splits:
     x, y = _digits_raw()
     idx = stratified_indices(y, proportional_sizes(len(y), (0.7, 0.1, 0.2)), seed)
-    return normalized_splits("digits", DATASETS["digits"], [(x[i], y[i]) for i in idx], (1, 8, 8), 10, seed)
+    name = "digits" if standardize else "digits-raw"
+    return normalized_splits(name, DATASETS[name], [(x[i], y[i]) for i in idx], (1, 8, 8), 10, seed,
+                             scaling=SCALING["digits"], standardize=standardize)
 
 
 def _mnist1d_generate() -> dict[str, np.ndarray]:
@@ -90,11 +93,13 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def _mnist1d(seed: int) -> Splits:
+def _mnist1d(seed: int, standardize: bool = True) -> Splits:
     a = _mnist1d_arrays()
     train, val = stratified_indices(a["y"], [3600, 400], seed)
     parts = [(a["x"][train], a["y"][train]), (a["x"][val], a["y"][val]), (a["x_test"], a["y_test"])]
-    return normalized_splits("mnist1d", DATASETS["mnist1d"], parts, (1, 40), 10, seed)
+    name = "mnist1d" if standardize else "mnist1d-raw"
+    return normalized_splits(name, DATASETS[name], parts, (1, 40), 10, seed, scaling=SCALING["mnist1d"],
+                             standardize=standardize)
 
 
 def mnist1d_cache_files() -> list[Path]:
@@ -107,5 +112,19 @@ DATASETS: dict[str, str] = {
     "digits": "scikit-learn's 1,797 handwritten digits, 8x8, 10 classes; stratified 70/10/20",
     "mnist1d": "MNIST-1D (Greydanus 2020), 40-sample signals, 10 classes; 3,600/400 + its 1,000 test",
 }
+#: how each set's raw values are scaled before the (optional) standardization
+SCALING: dict[str, str] = {"mnist": "pixels divided by 255 (to [0, 1])", "digits": "pixels divided by 16 (to [0, 1])",
+                           "mnist1d": "the generator's signal values as they are"}
+# each set also without the standardization, for models trained on the plainly scaled values
+DATASETS.update({f"{n}-raw": f"the same examples and splits as {n}, not standardized" for n in list(DATASETS)})
+PREPROCESSING: dict[str, str] = {
+    **{n: f"{SCALING[n]}, then standardized with the train split's scalar mean and std" for n in SCALING},
+    **{f"{n}-raw": f"{SCALING[n]}; not standardized" for n in SCALING},
+}
 
-LOADERS: dict[str, Callable[[int], Splits]] = {"mnist": _mnist, "digits": _digits, "mnist1d": _mnist1d}
+LOADERS: dict[str, Callable[[int], Splits]] = {
+    "mnist": _mnist, "digits": _digits, "mnist1d": _mnist1d,
+    "mnist-raw": lambda seed: _mnist(seed, standardize=False),
+    "digits-raw": lambda seed: _digits(seed, standardize=False),
+    "mnist1d-raw": lambda seed: _mnist1d(seed, standardize=False),
+}

@@ -23,6 +23,9 @@ class Splits:
     description: str
     seed: int = 0  # the split seed; trained baselines are keyed by it so test data never leaks
     synthetic: bool = False  # random inputs: good for latency/size only, quality figures mean nothing
+    #: how the stored inputs were made from the raw data, exact numbers included (said when a model
+    #: scores far below what the data supports: it was probably trained on differently prepared inputs)
+    preprocessing: str = ""
 
 
 def _allocate(class_counts: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -74,11 +77,12 @@ def proportional_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
 
 
 def normalized_splits(name: str, description: str, parts: list[tuple[np.ndarray, np.ndarray]],
-                      shape: tuple, num_classes: int, seed: int) -> Splits:
-    """Standardize every split with the TRAIN split's scalar mean/std (no test statistics leak)
-    and wrap as TensorDatasets of float32 x reshaped to ``shape`` and int64 y."""
+                      shape: tuple, num_classes: int, seed: int, *, scaling: str, standardize: bool = True) -> Splits:
+    """Standardize every split with the TRAIN split's scalar mean/std (no test statistics leak), or
+    leave it as it is (``standardize=False``), and wrap as TensorDatasets of float32 x reshaped to
+    ``shape`` and int64 y. ``scaling`` says how the raw values were already scaled (for the record)."""
     train_x = parts[0][0].astype(np.float64)
-    mean, std = float(train_x.mean()), float(train_x.std())
+    mean, std = (float(train_x.mean()), float(train_x.std())) if standardize else (0.0, 1.0)
     if not std > 0:
         raise DataError(f"the train split of {name!r} is constant (std 0): it cannot be normalized")
     sets = [
@@ -88,4 +92,6 @@ def normalized_splits(name: str, description: str, parts: list[tuple[np.ndarray,
         )
         for x, y in parts
     ]
-    return Splits(name, sets[0], sets[1], sets[2], num_classes, tuple(shape), description, seed)
+    how = (f"{scaling}, then standardized with the train split's mean and std: (x - {mean:.4f}) / {std:.4f}"
+           if standardize else f"{scaling}; not standardized")
+    return Splits(name, sets[0], sets[1], sets[2], num_classes, tuple(shape), description, seed, preprocessing=how)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core.errors import ConfigError, suggest
 from ..core.io import replace_dir, sha256_file, state_digest, write_json
 from ..metrics.env import environment
+from . import sanity
 from .pareto import pareto_front
 from .results import TARGETS, Candidate, Export, Goal, MeasureSettings, Provenance, Results, SearchSummary
 from .candidate import PrefixCache, jsonable, measure_candidate
@@ -121,6 +122,7 @@ def optimize(
     on_event: Event | None = None,
     search: "SearchSettings | None" = None,
     job: dict | None = None,
+    check_baseline: bool = True,
 ) -> Results:
     """Measure every candidate (``candidates``, else those of ``strategy``) on ``task``; choose by ``goal``.
 
@@ -135,8 +137,14 @@ def optimize(
     sampled from a search space (or, for sampler "grid", drawn from the ``strategy``'s candidates)
     against the measured numbers, in the Optuna study ``search.study`` of ``storage``; ``job`` (the
     model/data specs) is stored with the study so `effdl worker` can join it.
+
+    ``check_baseline``: first make sure the task's model is a working model of its data (no better
+    than chance, or far below a linear probe, raises BaselineError before anything is built; see
+    pipeline.sanity). Pass False to compress such a model on purpose.
     """
     goal = resolve_goal(task, goal, measure)
+    if check_baseline:
+        sanity.check_baseline(task, goal, provenance.data if provenance else None)
     if search is not None:
         from ..automate.search import run_search
 

@@ -70,4 +70,4 @@ def recipe_for(model_name: str, data_name: str) -> Recipe:
     if family is None:
         raise ModelError(f"no training recipe for zoo model {model_name!r}: use one of {sorted(FAMILY)}."
                          + suggest(model_name, FAMILY))
-    return replace(DEFAULTS[family], **OVERRIDES.get((family, data_name), {}))
+    return replace(DEFAULTS[family], **OVERRIDES.get((family, data_name.removesuffix("-raw")), {}))

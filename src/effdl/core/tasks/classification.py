@@ -1,6 +1,7 @@
 """Classification of tensor inputs (images, 1-D signals, any fixed-shape tensor) into classes."""
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -8,9 +9,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, DataError, ModelError
-from ..task import Batch, LabelledTask, Predictor, check_forward, eval_mode_outputs
+from ..task import Batch, LabelledTask, Predictor, QualityReference, check_forward, eval_mode_outputs
 
 SPLITS = ("train", "val", "test")
+#: the linear probe's limits: inputs with more features, or train examples beyond the first this many, are not used
+PROBE_FEATURES, PROBE_EXAMPLES = 4096, 20000
 
 
 class _Floats:
@@ -111,6 +114,37 @@ class Classification(LabelledTask):
     def evaluate(self, predictor: Predictor | nn.Module, split: str = "test") -> dict[str, float]:
         logits, y = self.logits(predictor, split)
         return classification_metrics(logits, y, self.num_classes)
+
+    def reference_quality(self, split: str = "val") -> QualityReference | None:
+        """Chance, and a ridge-regression probe: one-hot labels regressed on the flattened train
+        inputs (exactly as the model receives them), closed form, accuracy on ``split``. Any
+        preprocessing the model expects is an affine map the probe absorbs, so it measures what the
+        inputs support whatever their scaling."""
+        ref = super().reference_quality(split)
+        if math.prod(self.input_shape) > PROBE_FEATURES:
+            return ref
+        x, y = self._flat("train", PROBE_EXAMPLES)
+        mu = x.mean(0)
+        xc = x - mu
+        onehot = torch.nn.functional.one_hot(y, self.num_classes).double()
+        gram = xc.T @ xc
+        ridge = 1e-2 * float(gram.diagonal().mean()) + 1e-12  # scale-free: a fixed fraction of the mean feature energy
+        w = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ (onehot - onehot.mean(0)))
+        xv, yv = self._flat(split)
+        pred = ((xv - mu) @ w).argmax(1)
+        acc = float((pred == yv).double().mean())
+        return QualityReference(ref.chance, ref.noise, ref.chance_what, probe=acc,
+                                probe_what=f"a linear (ridge) probe on the same inputs, fitted on {len(y)} train examples")
+
+    def _flat(self, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys, n = [], [], 0
+        for x, y in self.batches(split, 1024):
+            xs.append(x.reshape(len(x), -1).double())
+            ys.append(y)
+            n += len(x)
+            if limit is not None and n >= limit:
+                break
+        return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
 
 
 #: the name effdl used for Classification before text tasks existed

@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, ModelError
-from ..task import Batch, LabelledTask, MetricSpec, Predictor, Task, check_forward, eval_mode_outputs
+from ..task import (Batch, LabelledTask, MetricSpec, Predictor, QualityReference, Task, check_forward,
+                    eval_mode_outputs)
 from .classification import classification_metrics
 
 SPLITS = ("train", "val", "test")
@@ -245,6 +246,13 @@ class SentenceEmbedding(TokenTask):
         out["spearman"] = spearman(pair_cos, self.scores.get(split, self.scores["val"]))
         return out
 
+    def reference_quality(self, split: str = "val") -> QualityReference | None:
+        """Chance: a similarity unrelated to the pairs has Spearman 0, with a standard error of
+        1 / sqrt(n - 1) over n pairs."""
+        n = self.n_pairs.get(split, self.n_pairs["val"])
+        return QualityReference(chance=0.0, noise=1.0 / math.sqrt(max(n - 1, 1)),
+                                chance_what="a similarity unrelated to the sentences")
+
 
 class CausalLM(TokenTask):
     """A decoder language model (token ids -> next-token logits [batch, seq, vocab]) on prose.
@@ -311,3 +319,14 @@ class CausalLM(TokenTask):
             count += ids[:, 1:].numel()
         mean = nll / count
         return {"perplexity": math.exp(mean), "nll": mean, "tokens": float(count)}
+
+    def reference_quality(self, split: str = "val") -> QualityReference | None:
+        """Chance: a unigram model of the train split's tokens (add-1/2 smoothing over the ids seen in
+        any split), which ignores the context; its perplexity on ``split``'s predicted positions."""
+        train, rows = self._rows("train"), self._rows(split)
+        vocab = int(max(train.max(), rows.max())) + 1
+        counts = torch.bincount(train.reshape(-1), minlength=vocab).double() + 0.5
+        logp = counts.log() - counts.sum().log()
+        nll = float(-logp[rows[:, 1:].reshape(-1)].mean())
+        return QualityReference(chance=math.exp(nll), noise=0.0,
+                                chance_what="a unigram model of the train text (token frequencies, no context)")
