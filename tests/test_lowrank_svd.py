@@ -165,3 +165,52 @@ def test_classifier_kept_dense_by_default():
     # naming it explicitly decomposes it
     named = effdl.apply(model, lowrank.SVD(rank=3, layers=("2",)))
     assert list(records(named)["lowrank.svd"].layers) == ["2"]
+
+
+def test_a_layer_used_twice_is_factorized_once_and_stays_shared():
+    torch.manual_seed(0)
+    fc = nn.Linear(20, 20)
+    model = nn.Sequential(fc, nn.ReLU(), fc, nn.ReLU(), nn.Linear(20, 10)).eval()
+    out = effdl.apply(model, lowrank.SVD(rank=3))
+    assert isinstance(out[0], lowrank.Factorized) and out[0] is out[2]
+    x = torch.randn(8, 20)
+    ref = _reconstructed(model, {"0": 3})  # deepcopy keeps the sharing: one reconstruction, used twice
+    assert ref[0] is ref[2]
+    torch.testing.assert_close(out(x), ref(x), rtol=1e-4, atol=1e-5)
+    # counted once: the factor pair (3*20 + 20*3 + 20) and the classifier (20*10 + 10)
+    assert sum(p.numel() for p in out.parameters()) == 140 + 210
+
+
+class _TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 20)
+        self.mid = nn.Linear(20, 20)
+        self.head = nn.Linear(20, 10, bias=False)
+        self.head.weight = self.emb.weight  # the usual input/output embedding tie
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mid(self.emb(ids).mean(1))))
+
+
+def test_a_weight_tied_to_an_embedding_is_left_dense_and_tied():
+    torch.manual_seed(0)
+    out = effdl.apply(_TiedLM().eval(), lowrank.SVD(rank=3, keep_last=False))
+    rec = records(out)["lowrank.svd"]
+    assert list(rec.layers) == ["mid"]
+    assert "tied to 'emb' (Embedding)" in rec.skipped["head"]
+    assert out.head.weight is out.emb.weight
+
+
+def test_applying_svd_twice_leaves_the_first_factorization_alone():
+    model = _mlp()
+    once = effdl.apply(model, lowrank.SVD(rank=3, keep_last=False))
+    twice = effdl.apply(once, lowrank.SVD(rank=2, keep_last=False))
+    x = torch.randn(16, 20)
+    torch.testing.assert_close(twice(x), once(x), rtol=0, atol=0)
+    assert [l.weight.shape for l in twice[0]] == [(3, 20), (30, 3)]
+    rec = records(twice)["lowrank.svd"]
+    assert not rec.layers and all("earlier low-rank" in why for why in rec.skipped.values())
+    assert set(rec.skipped) == {"0.0", "0.1", "2.0", "2.1"}
+    with pytest.raises(UnsupportedModuleError, match="factor of an earlier low-rank decomposition"):
+        effdl.apply(once, lowrank.SVD(rank=2, layers=("0.0",)))

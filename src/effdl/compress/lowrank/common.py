@@ -4,11 +4,18 @@ records what was factorized or skipped (and why), and the optional fine-tune.
 A technique supplies ``factorize(name, layer) -> (new_module, info)`` and raises ``Skip(reason)``
 for a layer it leaves alone (e.g. the factorization would not save parameters); skipped layers are
 listed in the model's records under the technique's name so the report can say so.
+
+Ties and repeats: a layer module used under several names is factorized once and the one new module
+is put under every name; a layer whose weight is shared with a module that is not factorized with it
+(an embedding, an excluded layer) is left dense, since factorizing it would untie the two. The layers
+of an earlier factorization are never factorized again, so applying a technique twice changes nothing
+the first application made.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -17,6 +24,7 @@ from ...core.forms import refuse_quantized
 from ...core.errors import ConfigError, UnsupportedModuleError
 from ...core.records import Part, Record, attach, record_class
 from ...core.scope import is_excluded, match_scopes
+from .modules import Factorized, TTLinear
 
 
 class LowRankLayer(Part):
@@ -82,11 +90,18 @@ def select(model: nn.Module, cfg: LowRankConfig, types: tuple[type, ...], techni
     weighted = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     # a model that is one layer has no separate classifier to keep
     last = weighted[-1] if len(weighted) >= 2 and cfg.keep_last and not explicit else None
+    factors = [n + "." for n, m in model.named_modules() if isinstance(m, (Factorized, TTLinear))]
     for name, m in model.named_modules():
         if name == last and isinstance(m, types):
             skipped[name] = "the classifier (last layer) is kept dense (keep_last=True)"
             continue
         if not name or is_excluded(name, excluded) or (explicit and not is_excluded(name, wanted)):
+            continue
+        if isinstance(m, types) and any(name.startswith(f) for f in factors):
+            if explicit and name in wanted:
+                raise UnsupportedModuleError(f"{technique}: {name!r} is a factor of an earlier low-rank "
+                                             "decomposition: name the original layers, which are factorized already")
+            skipped[name] = "a factor of an earlier low-rank decomposition (not factorized again)"
             continue
         if not isinstance(m, types):
             if explicit and name in wanted and not any(isinstance(c, types) for c in m.modules()):
@@ -104,6 +119,21 @@ def select(model: nn.Module, cfg: LowRankConfig, types: tuple[type, ...], techni
     return chosen, skipped
 
 
+def _key(w: torch.Tensor) -> tuple:
+    return (w.data_ptr(), tuple(w.shape), tuple(w.stride()))
+
+
+def _weight_owners(model: nn.Module) -> dict[tuple, list[tuple[str, nn.Module]]]:
+    """{parameter memory: [(name, module)]} for parameters held by more than one distinct module (ties,
+    by a shared Parameter or shared ``.data``)."""
+    owners: dict[tuple, list[tuple[str, nn.Module]]] = {}
+    for name, mod in model.named_modules():
+        for _, p in mod.named_parameters(recurse=False):
+            if p.numel():
+                owners.setdefault(_key(p), []).append((name, mod))
+    return {k: v for k, v in owners.items() if len(v) > 1}
+
+
 def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types: tuple[type, ...],
               factorize: Callable[[str, nn.Module], tuple[nn.Module, dict]],
               accept: Callable[[str, nn.Module], str | None] = lambda n, m: None, extra: dict | None = None) -> nn.Module:
@@ -114,8 +144,17 @@ def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types:
         kinds = " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{technique} found no {kinds} layer to decompose (after 'layers'/'exclude'): "
                           f"apply it to a model with {kinds} layers or widen the selection")
+    aliases: dict[int, list[str]] = {}  # a module used under several names: every name gets the new module
+    for n, mod in model.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(mod), []).append(n)
+    tied = _weight_owners(model)
     layers, before, after = {}, 0, 0
     for name, m in chosen:
+        others = [o for o in tied.get(_key(m.weight), ()) if o[1] is not m]
+        if others:
+            skipped[name] = (f"its weight is tied to {others[0][0]!r} ({type(others[0][1]).__name__}), which is not "
+                             "factorized with it: factorizing would untie them")
+            continue
         try:
             new, info = factorize(name, m)
         except Skip as why:
@@ -123,7 +162,8 @@ def decompose(model: nn.Module, cfg: LowRankConfig, task, technique: str, types:
             continue
         layers[name] = {**info, "params_before": n_params(m), "params_after": n_params(new)}
         before, after = before + n_params(m), after + n_params(new)
-        model.set_submodule(name, new)
+        for alias in aliases[id(m)]:
+            model.set_submodule(alias, new)
     record = {"layers": layers, "skipped": skipped, "params_before": before, "params_after": after, **(extra or {})}
     attach(model, record_class(technique).model_validate(record))
     if cfg.finetune_epochs > 0:
