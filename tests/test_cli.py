@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -72,6 +73,17 @@ def test_model_forward_fails_on_data_shape(tmp_path):
     f.write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(10, 10)\n")
     r = effdl("measure", "--model", f"{f}:make", "--data", "digits")
     _assert_clean_error(r, "forward fails on the data's input shape")
+
+
+@pytest.mark.parametrize("dtype", ["half", "bfloat16"])
+def test_a_half_precision_model_is_named_as_such_not_blamed_on_the_input_shape(tmp_path, dtype):
+    f = tmp_path / "m.py"
+    f.write_text("import torch.nn as nn\n"
+                 f"def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(getattr(__import__('torch'), '{dtype}'))\n")
+    r = effdl("measure", "--model", f"{f}:make", "--data", "digits")
+    name = "float16" if dtype == "half" else "bfloat16"
+    _assert_clean_error(r, f"the model holds {name} tensors ('1.weight' and 1 more)", "model.float()")
+    assert "input shape" not in r.stderr
 
 
 def test_recipe_typo_suggests_and_writes_nothing(tmp_path):

@@ -361,6 +361,28 @@ def test_custom_module_is_named_and_protecting_it_works():
     assert out.mid2.out_channels == 4
 
 
+class RootGain(nn.Module):
+    """A free nn.Parameter on the model itself, outside any layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+        self.gain = nn.Parameter(torch.ones(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.fc((self.conv(x) * self.gain).mean((2, 3)))
+
+
+def test_a_free_parameter_on_the_root_gets_a_fix_that_works():
+    with pytest.raises(UnsupportedModuleError, match=r"holds parameters of its own outside any layer \(gain\)") as info:
+        apply(RootGain(), ChannelPruneConfig(ratio=0.5, protect_first=False, input_shape=(1, 8, 8)))
+    assert "protect=['']" not in str(info.value) and "move them into a submodule" in str(info.value)
+    # the fix it names: prune.magnitude needs no dependency analysis
+    out = apply(RootGain(), get("prune.magnitude").config(sparsity=0.5))
+    assert out(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
 def test_tied_weights_are_refused():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
     model[2].weight = model[0].weight

@@ -351,7 +351,18 @@ def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.
 
 
 def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], None]) -> None:
-    """Run ``model`` on two real inputs; any failure is the user's model/data mismatch (ModelError)."""
+    """Run ``model`` on two real inputs; any failure is the user's model/data mismatch (ModelError).
+    A model holding float16/bfloat16/float64 tensors is refused first, by name: its forward would
+    fail on (or silently upcast) the float32 inputs, and a dtype error is not a shape problem."""
+    other = [(n, t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if t.is_floating_point() and t.dtype != torch.float32]
+    if other:
+        name, dtype = other[0]
+        raise ModelError(
+            f"the model holds {str(dtype).removeprefix('torch.')} tensors ({name!r}"
+            f"{f' and {len(other) - 1} more' if len(other) > 1 else ''}): effdl takes float32 models and makes the "
+            "BF16/FP16 and INT8 forms itself (quantize.float, quantize.ptq), measuring each. Fix: pass model.float(), "
+            "or float32 weights.")
     x = task.example_input(2)
     try:
         out = next(eval_mode_outputs(model, [x]))

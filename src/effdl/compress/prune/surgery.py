@@ -60,6 +60,13 @@ def check_supported(model: nn.Module, protected: set[str]) -> None:
         )
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
+        if own and not name:  # the root holds parameters outside any layer: there is nothing to protect
+            free = [n for n, _ in m.named_parameters(recurse=False)]
+            raise UnsupportedModuleError(
+                f"the model ({type(m).__name__}) holds parameters of its own outside any layer ({', '.join(free)}), "
+                "which the dependency analysis cannot follow, and the model itself cannot be protected. Fix: move "
+                "them into a submodule and protect that, or use prune.magnitude (unstructured), which needs no "
+                "dependency analysis.")
         if own and not isinstance(m, KNOWN_LEAVES) and not _under(name, protected):
             raise UnsupportedModuleError(
                 f"module {name!r} ({type(m).__name__}) holds its own parameters and is not a layer "
