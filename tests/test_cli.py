@@ -128,6 +128,31 @@ def test_apply_recipe_saves_and_measures(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "recipe.json").is_file()
     assert json.loads((out / "structure.json").read_text())["layers"]["1"]["out_features"] == 300
     assert not [p for p in out.rglob("*.tmp")]
+    from effdl.core.io import sha256_file
+
+    recorded = json.loads((out / "recipe.json").read_text())["sha256"]
+    assert recorded == {f: sha256_file(out / f) for f in ("model.safetensors", "structure.json")}
+
+
+def test_weights_are_checked_against_the_manifest_beside_them(tmp_path):
+    from effdl.core.io import sha256_file
+    from effdl.zoo import build
+
+    w = tmp_path / "w.safetensors"
+    save_file(build("mlp", input_shape=(1, 8, 8), num_classes=10).state_dict(), str(w))
+    (tmp_path / "recipe.json").write_text(json.dumps({"steps": [], "sha256": {"w.safetensors": sha256_file(w)}}))
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(w), "--runtime", "eager")
+    assert r.returncode == 0, r.stderr
+    assert "integrity is not checked" not in r.stderr
+    blob = bytearray(w.read_bytes())
+    blob[-3] ^= 0x01  # one flipped bit in a weight: safetensors alone would load it silently
+    w.write_bytes(bytes(blob))
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(w), "--runtime", "eager")
+    _assert_clean_error(r, "does not match the sha256 recorded in recipe.json", "Re-export it")
+    (tmp_path / "recipe.json").unlink()  # no manifest: loaded, and said plainly
+    r = effdl("measure", "--model", "zoo:mlp", "--data", "digits", "--weights", str(w), "--runtime", "eager")
+    assert r.returncode == 0, r.stderr
+    assert "no sha256 in a recipe.json beside it, so its integrity is not checked" in " ".join(r.stderr.split())
 
 
 def test_synthetic_data_is_latency_only():

@@ -322,7 +322,7 @@ def apply_cmd(
     from .compress.lowrank import structure_of  # pruned shapes + factorized layers
     from .core.compressed import float_reference
     from .core.errors import ConfigError
-    from .core.io import replace_dir, write_json
+    from .core.io import replace_dir, sha256_file, write_json
     from .metrics.measure import measure
     from .pipeline.recipe import Recipe, apply_recipe
 
@@ -338,9 +338,10 @@ def apply_cmd(
     try:
         m = measure(task, result, runtime=runtime, workdir=staging)
         write_json(staging / "measurement.json", m)
-        write_json(staging / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list()})
         # layer shapes: a structurally pruned result reloads without pickle (effdl.prune.rebuild)
         write_json(staging / "structure.json", structure_of(float_reference(result)))
+        files = {f: sha256_file(staging / f) for f in ("model.safetensors", "structure.json") if (staging / f).is_file()}
+        write_json(staging / "recipe.json", {"base_model": model, "data": data, "steps": r.to_list(), "sha256": files})
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

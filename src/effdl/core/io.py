@@ -16,6 +16,8 @@ import torch
 from .errors import ArtifactError, ConfigError, UnsafeArtifactError
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+#: the manifest effdl writes beside the model files it saves: {"sha256": {file name: hex digest}, ...}
+MANIFEST = "recipe.json"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None] | bytes | str) -> Path:
@@ -114,12 +116,39 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, meta
     return atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
 
 
-def load_weights(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def verify_manifest(path: str | os.PathLike) -> bool:
+    """Check ``path`` against the sha256 recorded for it in the effdl manifest beside it (MANIFEST),
+    before anything parses it. True: it matched; False: no manifest records it; a mismatch raises
+    ArtifactError. A file there that is not an effdl manifest counts as none."""
+    path = Path(path)
+    try:
+        recorded = json.loads((path.parent / MANIFEST).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(recorded, dict) or path.name not in recorded:
+        return False
+    digest = sha256_file(path)
+    if digest != recorded[path.name]:
+        raise ArtifactError(
+            f"{str(path)!r} does not match the sha256 recorded in {MANIFEST} beside it (recorded "
+            f"{str(recorded[path.name])[:12]}..., file {digest[:12]}...): it was changed or corrupted after effdl "
+            "wrote it. Re-export it, or restore the original file.")
+    return True
+
+
+def load_weights(path: str | os.PathLike, *, allow_pickle: bool = False, warn_unverified: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict. safetensors always; pickle-based files only with ``allow_pickle``
-    (and even then through ``torch.load(weights_only=True)``)."""
+    (and even then through ``torch.load(weights_only=True)``). A file effdl saved is first checked
+    against the sha256 in the manifest beside it (:func:`verify_manifest`); ``warn_unverified`` says
+    so in a warning when no manifest records the file."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"weights file {str(path)!r} does not exist: check the path")
+    if not verify_manifest(path) and warn_unverified:
+        import warnings
+
+        warnings.warn(f"{str(path)!r} has no sha256 in a {MANIFEST} beside it, so its integrity is not checked "
+                      "(effdl checks the files it saved itself)", stacklevel=2)
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UnsafeArtifactError(

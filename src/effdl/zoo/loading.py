@@ -34,5 +34,5 @@ def load_model(spec: str, data: Splits, weights: str | None = None, allow_pickle
         if not isinstance(model, nn.Module):
             raise ModelError(f"{spec}: the factory must return a torch nn.Module, got {type(model).__name__}")
     if weights is not None:
-        load_state_into(model, load_weights(weights, allow_pickle=allow_pickle), str(weights))
+        load_state_into(model, load_weights(weights, allow_pickle=allow_pickle, warn_unverified=True), str(weights))
     return model.eval()
