@@ -137,6 +137,12 @@ def test_malformed_files_fail_clearly(tmp_path):
     path.write_text(json.dumps({**_v1(), "colour": "blue"}))
     with pytest.raises(ArtifactError, match="unknown keys \\['colour'\\]"):
         Results.load(path)
+    for escape in ("../../etc/passwd", "/etc/passwd"):  # artifact paths never leave the output directory
+        bad = _v1()
+        bad["candidates"][1]["artifacts"] = {"model": escape}
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ArtifactError, match="absolute or contains '..'"):
+            Results.load(path)
 
 
 def _ppl(cid, val, p50, size):

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable
 from pathlib import Path
 
 from ..core.errors import ConfigError, suggest
-from ..core.io import replace_dir, sha256_file, state_digest, write_json
+from ..core.io import replace_dir, safe_child, sha256_file, state_digest, write_json
 from ..metrics.env import environment
 from . import sanity
 from .pareto import pareto_front
@@ -221,7 +221,7 @@ def export_chosen(results: Results, out_dir: Path) -> Export:
     names = {"model": "model.safetensors", "onnx": "model.onnx", "structure": "structure.json"}
     for kind, rel in cand.artifacts.items():
         dst = staging / names[kind]
-        shutil.copyfile(out_dir / rel, dst)
+        shutil.copyfile(safe_child(out_dir, rel), dst)
         files[dst.name] = sha256_file(dst)
     prov = results.provenance or Provenance()
     recipe = {"base_model": prov.model, "data": prov.data, "steps": cand.recipe,

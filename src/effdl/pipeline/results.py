@@ -225,6 +225,16 @@ class Candidate(_Record):
     def _typed_records(cls, value: Any) -> Any:
         return parse_records(value) if isinstance(value, dict) else value
 
+    @pydantic.field_validator("artifacts")
+    @classmethod
+    def _contained(cls, value: dict[str, str]) -> dict[str, str]:
+        # read back from results.json or a study: a path that leaves the output directory is refused
+        for kind, rel in value.items():
+            if os.path.isabs(rel) or ".." in Path(rel).parts:
+                raise ValueError(f"artifact {kind!r} path {rel!r} is absolute or contains '..': artifacts live "
+                                 "inside the output directory")
+        return value
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"
