@@ -239,3 +239,21 @@ def test_lower_is_better_metric_end_to_end(digits, digits_task, tmp_path):
     feasible = [c for c in res.candidates if c.quality_val["error"] - base <= 0.02 + 1e-12]
     assert res.chosen == min(feasible, key=lambda c: (c.footprint.size_bytes, c.footprint.latency_ms_p50)).id
     assert Results.load(tmp_path / "results.json") == res
+
+
+def test_both_sizes_are_recorded_honestly(digits_task, tmp_path):
+    """The compact file (what a size goal minimises) and, per runtime, the artifact it loads: a
+    pruned model's ONNX file is dense, so ORT loads more bytes than effdl stores."""
+    specs = [CandidateSpec("c00", "baseline", Recipe(())),
+             CandidateSpec("c01", "prune 80%", Recipe((effdl.prune.Magnitude(sparsity=0.8),)))]
+    res = effdl.optimize(digits_task, Goal(max_drop=0.5, target="size"), out_dir=tmp_path, candidates=specs,
+                         measure=MeasureSettings(runtimes=("eager", "ort"), repeats=3, all_runtimes=True))
+    c = res.by_id["c01"]
+    ort, eager = c.runtimes["ort"], c.runtimes["eager"]
+    onnx = tmp_path / c.artifacts["onnx"]
+    assert ort.artifact_bytes == onnx.stat().st_size
+    assert eager.artifact_bytes == c.footprint.size_bytes == (tmp_path / c.artifacts["model"]).stat().st_size
+    assert ort.artifact_bytes > 2 * c.footprint.size_bytes  # dense FP32 ONNX vs 80%-sparse compact file
+    assert c.footprint.deployed_bytes == c.runtimes[c.runtime].artifact_bytes
+    html = (tmp_path / "report.html").read_text()
+    assert "size / gzip / deployed" in html and "what a size goal minimises" in html

@@ -122,7 +122,9 @@ def optimize(
                                    "(0.01 = 1 point of accuracy), or with --relative-drop a fraction of the baseline's value"),
     relative_drop: bool = typer.Option(False, "--relative-drop", help="read --max-drop as relative to the baseline "
                                        "(0.05 = 5% worse), e.g. for perplexity and other lower-is-better metrics"),
-    target: str = typer.Option("latency", "--target", help="latency | size"),
+    target: str = typer.Option("latency", "--target", help="latency (p50 at --batch-size on the candidate's fastest "
+                               "runtime) | size (bytes of effdl's compact model file; the artifact each runtime loads, "
+                               "e.g. a dense ONNX file, is reported beside it)"),
     metric: Optional[str] = typer.Option(None, "--metric", help="quality metric to constrain (default: the task's primary metric)"),
     higher_is_better: Optional[bool] = typer.Option(None, "--higher-is-better/--lower-is-better",
                                                     help="direction of --metric when it is not the task's primary metric"),

@@ -128,7 +128,9 @@ def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Pa
                  "latency_by_batch": res.latency, "parity": res.parity, "info": res.info}
         if res.status == "ok":
             lat = res.latency[str(goal.batch_size)]
-            entry.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"])
+            loads = res.lowered.artifact
+            entry.update(latency_ms_p50=lat["p50_ms"], latency_ms_p90=lat["p90_ms"],
+                         artifact_bytes=Path(loads).stat().st_size if loads is not None else fp["size_bytes"])
         runtimes[rt] = entry
     result["runtimes"] = runtimes
     if planner is not None:
@@ -143,6 +145,7 @@ def measure_candidate(spec: CandidateSpec, cache: PrefixCache, task, out_dir: Pa
     with timer.stage("evaluate"):
         quality = runtime_quality(res, task, goal.batch_size)
         fp.update(runtime_footprint(res, task, goal.batch_size))
+        fp["deployed_bytes"] = runtimes[best]["artifact_bytes"]
     if res.lowered.artifact is not None:
         artifacts["onnx"] = str(Path(res.lowered.artifact).relative_to(out_dir))
     else:

@@ -159,6 +159,9 @@ class RuntimeMeasurement(_Record):
     info: dict[str, Any] = {}
     latency_ms_p50: float | None = None  # at the goal's batch size (status "ok" only)
     latency_ms_p90: float | None = None
+    #: bytes of what this runtime loads: its ONNX file for the ONNX Runtime lowerings (dense unless
+    #: the format packs it), effdl's compact file for the torch runtimes, which rebuild from it
+    artifact_bytes: int | None = None
 
 
 class Footprint(_Record):
@@ -170,7 +173,8 @@ class Footprint(_Record):
 
     params: int | None = None
     nonzero_params: int | None = None
-    size_bytes: int | None = None  # bytes of the compact safetensors file actually written
+    size_bytes: int | None = None  # bytes of the compact safetensors file actually written (what --target size minimises)
+    deployed_bytes: int | None = None  # bytes of the artifact the chosen runtime loads (e.g. a dense model.onnx)
     size_bytes_gzip: int | None = None
     size_bytes_dense_fp32: int | None = None
     macs: Number | None = None

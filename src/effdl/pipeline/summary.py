@@ -63,6 +63,8 @@ def headline(results: Results) -> list[str]:
         f"({signed_drop(-ch.quality_drop, goal)}{unit} on test, {signed_drop(-ch.quality_drop_val, goal)} on validation), "
         f"{cf.latency_ms_p50:.4f} ms p50 ({bf.latency_ms_p50 / cf.latency_ms_p50:.1f}x faster), "
         f"{cf.size_bytes:,} bytes ({bf.size_bytes / cf.size_bytes:.1f}x smaller)"
+        + (f"; {ch.runtime} loads a {cf.deployed_bytes:,}-byte artifact"
+           if cf.deployed_bytes is not None and cf.deployed_bytes != cf.size_bytes else "")
     )
     ok = sum(c.ok for c in results.candidates)
     lines.append(f"{ok} of {len(results.candidates)} candidates measured; frontier ({goal.target}): "

@@ -5,7 +5,7 @@ from ..pipeline.results import Candidate
 from .fmt import NA, count, energy, esc, kv_text, ms, nbytes, num, recipe_text
 from .view import AXES, View, fp, is_ok, number
 
-HEAD = ("id", "label", "status", "runtime", "{metric}", "drop", "latency p50 / p90", "size / gzip",
+HEAD = ("id", "label", "status", "runtime", "{metric}", "drop", "latency p50 / p90", "size / gzip / deployed",
         "params / non-zeros", "MACs dense / sparse", "energy", "on frontier")
 
 
@@ -62,18 +62,18 @@ def _runtimes(cand: Candidate) -> str:
             detail = esc(r.reason or "no reason recorded")
         rows.append(
             f"<tr><td>{esc(rt)}</td><td class=\"{'ok' if ok else 'bad'}\">{esc(r.status)}</td>"
-            f"<td>{ms(r.latency_ms_p50)}</td><td>{ms(r.latency_ms_p90)}</td>"
+            f"<td>{ms(r.latency_ms_p50)}</td><td>{ms(r.latency_ms_p90)}</td><td>{nbytes(r.artifact_bytes)}</td>"
             f"<td class=\"wrap\">{detail}</td></tr>"
         )
     for rt, why in cand.runtimes_skipped.items():  # not lowered: cheaper evidence said it could not win
-        rows.append(f"<tr><td>{esc(rt)}</td><td>skipped</td><td></td><td></td><td class=\"wrap\">{esc(why)}</td></tr>")
+        rows.append(f"<tr><td>{esc(rt)}</td><td>skipped</td><td></td><td></td><td></td><td class=\"wrap\">{esc(why)}</td></tr>")
     reused = (f' <span class="reason">measurement reused from {esc(cand.reused_from)}</span> (the same model: '
               "not timed again)" if cand.reused_from else "")
     skipped = f", {len(cand.runtimes_skipped)} skipped" if cand.runtimes_skipped else ""
     of = f" (of {esc(cand.reused_from)})" if cand.reused_from else ""
     return (
         f"{reused}<details><summary>runtimes{of}: {len(runs)} tried, {n_ok} ok{skipped}</summary><table class=\"inner\">"
-        "<tr><th>runtime</th><th>status</th><th>p50</th><th>p90</th><th>parity / reason</th></tr>"
+        "<tr><th>runtime</th><th>status</th><th>p50</th><th>p90</th><th>loads</th><th>parity / reason</th></tr>"
         + "".join(rows) + "</table></details>"
     )
 
@@ -102,7 +102,7 @@ def candidates_table(view: View) -> str:
             num(quality),
             view.drop_text(drop),
             _pair(ms(f("latency_ms_p50")), ms(f("latency_ms_p90"))),
-            f"{nbytes(f('size_bytes'))} / {nbytes(f('size_bytes_gzip'))}",
+            f"{nbytes(f('size_bytes'))} / {nbytes(f('size_bytes_gzip'))} / {nbytes(f('deployed_bytes'))}",
             f"{count(f('params'))} / {count(f('nonzero_params'))}",
             f"{count(f('macs'))} / {count(f('macs_sparse'))}",
             energy(f("energy_uj")),
@@ -125,6 +125,8 @@ def candidates_table(view: View) -> str:
     return (
         '<div class="scroll"><table class="cands"><thead><tr>' + head + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table></div>"
-        + '<p class="note">★ on the frontier of the goal\'s target. Latency and size are measured '
-        f"on the runtime named in the row; {drop_note}.</p>"
+        + '<p class="note">★ on the frontier of the goal\'s target. Latency is measured on the runtime named in '
+        "the row; size is effdl's compact file (what a size goal minimises), deployed the artifact that runtime "
+        "loads (e.g. a dense ONNX file: sparsity saves no bytes there unless the format packs it; "
+        f"each runtime's under 'loads'); {drop_note}.</p>"
     )
