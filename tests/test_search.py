@@ -194,3 +194,33 @@ def test_cmaes_minimises_the_footprint_with_the_excess_drop_as_a_penalty(digits_
         excess = max(0.0, c.quality_drop_val - 0.05)
         expected = c.footprint.latency_ms_p50 + base.footprint.latency_ms_p50 * excess / 0.05
         assert t.value == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_failed_candidate_is_told_to_the_sampler_as_infeasible(digits_task, tmp_path, monkeypatch):
+    """Samplers ignore FAIL trials and would keep proposing a recipe that cannot work: effdl tells them
+    a complete trial with no gain and the largest constraint violation, and still counts it as failed."""
+    from effdl.automate.search import FAILED_VIOLATION
+    from effdl.core import registry
+
+    real = registry._BY_NAME["quantize.ptq"]
+
+    def broken(model, config, task=None, **kw):
+        raise RuntimeError("simulated: no kernel for this layer")
+
+    tech = registry.Technique(real.name, real.config, broken, real.needs, real.summary, real.tasks,
+                              real.models, real.example, real.takes_quantized)
+    monkeypatch.setitem(registry._BY_NAME, "quantize.ptq", tech)
+    monkeypatch.setitem(registry._BY_TYPE, real.config, tech)
+    space = SearchSpace.from_list([{"name": "quantize", "optional": True, "technique": "quantize.ptq"},
+                                   {"name": "prune", "technique": "prune.magnitude", "sparsity": {"range": [0.2, 0.5]}}])
+    res = effdl.optimize(digits_task, Goal(max_drop=0.05, target="size"), out_dir=tmp_path, measure=FAST,
+                         search=SearchSettings(sampler="tpe", trials=6, space=space, pruner="none", seed=3))
+    study = optuna.load_study(study_name="effdl-search", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    failed = [t for t in study.trials if t.params.get("quantize") == "quantize.ptq"]
+    assert failed, "seed 3 samples the broken technique"
+    base_size = res.baseline_candidate.footprint.size_bytes
+    for t in failed:
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.value == base_size
+        assert t.constraints == {"quality_drop": FAILED_VIOLATION}
+    assert res.search.failed == len(failed) and res.search.complete == 6 - len(failed)
+    assert all("simulated: no kernel" in c.reason for c in res.candidates if not c.ok)

@@ -52,6 +52,10 @@ PRUNERS = ("none", "median", "hyperband")
 #: study user attributes
 _JOB, _FINGERPRINT, _BASELINE = "effdl_job", "effdl_fingerprint", "effdl_baseline"
 _RESULT, _REASON, _CONSTRAINT = "result", "reason", "quality_drop"
+#: a trial whose candidate was built but could not run faithfully on any runtime (or did not build):
+#: told to the sampler as complete and maximally infeasible, since samplers ignore failed trials and
+#: would keep proposing a recipe that cannot work; flagged so the summary counts it as failed
+_FAILED, FAILED_VIOLATION = "effdl_failed", 1e3
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,6 @@ class SearchSettings:
 
     def multi(self, goal: Goal) -> bool:
         return self.sampler == "nsga2" or len(self.footprints(goal)) > 1
-
-
-class CandidateFailed(Exception):
-    """The trial's candidate was built and recorded but could not be measured (its reason is stored)."""
 
 
 def _sampler(settings: SearchSettings, grid_size: int) -> optuna.samplers.BaseSampler:
@@ -225,13 +225,26 @@ class _Search:
         self.emit("done", cand)
         if not cand.ok:
             trial.set_user_attr(_REASON, cand.reason or "failed")
-            raise CandidateFailed(cand.reason)
+            trial.set_user_attr(_FAILED, True)
+            trial.set_constraint(_CONSTRAINT, FAILED_VIOLATION)
+            if self.goal.budget is not None:
+                trial.set_constraint("budget", FAILED_VIOLATION)
+            return self.failed_values()
         drop = self.goal.drop(self.base_val, cand.quality_val[self.goal.metric])
         trial.set_constraint(_CONSTRAINT, drop - self.goal.max_drop)  # <= 0: feasible
         if self.goal.budget is not None:  # in units of the budget, so both constraints weigh alike
             spent = getattr(cand.footprint, TARGETS[self.goal.target])
             trial.set_constraint("budget", spent / self.goal.budget - 1.0)
         return values
+
+    def failed_values(self) -> float | list[float]:
+        """What a failed candidate tells the sampler: no gain over the baseline (its quality and
+        footprints), plus, where the sampler reads no constraints (CMA-ES), the largest penalty."""
+        base = self.baseline
+        feet = [getattr(base.footprint, TARGETS[f]) for f in self.settings.footprints(self.goal)]
+        if self.multi:
+            return [self.sign * self.base_val, *feet]
+        return feet[0] * (1.0 + FAILED_VIOLATION) if self.settings.sampler == "cmaes" else feet[0]
 
     def values(self, cand: Candidate) -> float | list[float] | None:
         feet = [getattr(cand.footprint, TARGETS[f]) for f in self.settings.footprints(self.goal)]
@@ -326,8 +339,10 @@ def _summary(study: optuna.Study, settings: SearchSettings, goal: Goal, baseline
         constraint=None if settings.multi(goal) else f"validation {metric} drop <= {goal.max_drop:g}",
         pruner=None if settings.pruner == "none" or settings.multi(goal) else settings.pruner,
         trials=sum(t.state in (S.COMPLETE, S.PRUNED, S.FAIL) for t in trials),
-        complete=sum(t.state == S.COMPLETE for t in trials), pruned=sum(t.state == S.PRUNED for t in trials),
-        failed=sum(t.state == S.FAIL for t in trials), hypervolume=history,
+        complete=sum(t.state == S.COMPLETE and not t.user_attrs.get(_FAILED) for t in trials),
+        pruned=sum(t.state == S.PRUNED for t in trials),
+        failed=sum(t.state == S.FAIL or (t.state == S.COMPLETE and bool(t.user_attrs.get(_FAILED))) for t in trials),
+        hypervolume=history,
         hypervolume_axes=[f"{metric} drop / max_drop"] + [f"{TARGETS[f]} / baseline" for f in feet],
         hypervolume_reference=list(reference_point(len(feet))), importances=importances,
         seconds=round(seconds, 1), stopped_by=stopped_by)
