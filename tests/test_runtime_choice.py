@@ -2,6 +2,8 @@
 reuse of an identical model's measurement (unit tests with hand-made numbers, then end to end)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch.nn as nn
 
@@ -222,3 +224,16 @@ def test_a_runtime_measured_alone_is_no_evidence_that_it_can_win():
     tried, skipped = planner.plan(_model(), _spec(), FLOAT)
     assert tried == ["ort"] and set(skipped) == {"eager", "compile"}
     assert "8.47x slower than ort on the earlier float candidate (0.15 vs 0.0177 ms" in skipped["eager"]
+
+
+def test_the_prefix_cache_holds_models_within_its_byte_budget(digits_task):
+    from effdl.pipeline.candidate import _tensor_bytes
+
+    one = _tensor_bytes(digits_task.model)
+    assert one == sum(p.numel() * 4 for p in digits_task.model.parameters())  # FP32 MLP, no buffers
+    cache = PrefixCache(digits_task, budget=2 * one + 1)
+    for s in (0.3, 0.5, 0.7):
+        cache.build((effdl.prune.Magnitude(sparsity=s),))
+    held = [json.loads(k)[0]["sparsity"] for k in cache.models]
+    assert held == [0.5, 0.7]  # the least recently used went first
+    assert PrefixCache(digits_task).budget == 256 << 20  # small models: the 256 MiB floor
