@@ -204,3 +204,21 @@ def test_ort_int8_lowerings_take_a_relative_workdir_and_leave_the_cwd_clean(digi
     low = lower(q, "ort-int8-dynamic", task=digits_task, workdir=Path("rel/wd"), threads=1, batch_sizes=(1, 4))
     assert not low.artifact.is_absolute() and (tmp_path / low.artifact).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rel"]  # nothing dumped in the cwd
+
+
+def test_compiled_runtime_serves_unseen_shapes_with_one_dynamic_compile():
+    """Timed shapes are compiled static up front; a text task's other evaluation shapes (lengths)
+    go through one dynamic-shape compile, with the eager model's outputs."""
+    from effdl.deploy.torch_runtime import _Compiled
+
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16)
+    model = nn.Sequential(emb, nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+    up_front = torch.randint(0, 50, (1, 32))
+    compiled = _Compiled(model, [up_front], threads=1)
+    for length in (16, 48, 24, 32):
+        x = torch.randint(0, 50, (3, length))
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
+    assert compiled.shapes == {((1, 32), torch.int64)}  # no static compile per new shape
+    assert compiled.dynamic is not None and not compiled.dynamic_failed
