@@ -338,7 +338,8 @@ def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.
     """``predictor`` on each input batch as float32 outputs, one batch at a time; a module runs in
     eval mode, restored when the iteration ends."""
     module = predictor if isinstance(predictor, nn.Module) else None
-    was = module.training if module is not None else False
+    # every submodule's own flag (a caller may keep some in eval inside a train-mode model)
+    modes = [(m, m.training) for m in module.modules()] if module is not None else []
     if module is not None:
         module.eval()
     try:
@@ -346,8 +347,8 @@ def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.
             with torch.no_grad():
                 yield as_output(predictor(x))
     finally:
-        if module is not None:
-            module.train(was)
+        for m, training in modes:
+            m.training = training
 
 
 def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], None]) -> None:

@@ -115,6 +115,13 @@ def fixed_batch(predict: Callable, batch_size: int) -> Callable:
     return run
 
 
+def nonfinite_modules(model: nn.Module) -> list[str]:
+    """Names of the modules whose parameters or buffers hold NaN/Inf (sorted; '(root)' for the model's own)."""
+    return sorted({name.rpartition(".")[0] or "(root)"
+                   for name, t in [*model.named_parameters(), *model.named_buffers()]
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())})
+
+
 def measure_runtime(
     model: nn.Module,
     runtime: str,
@@ -149,6 +156,10 @@ def measure_runtime(
     res = RuntimeResult(runtime, "ok", precision=lowered.precision, parity=parity.to_dict(), info=dict(lowered.info), lowered=lowered)
     if not parity.ok:
         res.status, res.reason = "failed", f"parity: {parity.reason}"
+        bad = nonfinite_modules(src)
+        if bad:  # the usual cause of NaN outputs, named
+            res.reason += (f"; the weights of module(s) {', '.join(map(repr, bad))} hold NaN/Inf: fix the checkpoint "
+                           "(retrain, or lower the learning rate)")
         return res
     for bs in batch_sizes:
         x = task.example_input(bs)
@@ -211,14 +222,20 @@ def measure(
     from .env import environment
 
     model = task.model if model is None else model
-    with tempfile.TemporaryDirectory(prefix="effdl-measure-") as tmp:
-        wd = Path(workdir) if workdir is not None else Path(tmp)
-        fp = static_footprint(model, task, wd / "model.safetensors")
-        res = measure_runtime(model, runtime, task, workdir=wd / runtime, batch_sizes=batch_sizes,
-                              threads=threads, tolerances=tolerances)
-        quality = runtime_quality(res, task, batch_sizes[-1])["test"] if res.status == "ok" else {}
-        if res.status == "ok":
-            fp.update(runtime_footprint(res, task, batch_sizes[0]))
+    # measured in eval mode (lowerings switch the model to it); the caller's train/eval flags come back after
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with tempfile.TemporaryDirectory(prefix="effdl-measure-") as tmp:
+            wd = Path(workdir) if workdir is not None else Path(tmp)
+            fp = static_footprint(model, task, wd / "model.safetensors")
+            res = measure_runtime(model, runtime, task, workdir=wd / runtime, batch_sizes=batch_sizes,
+                                  threads=threads, tolerances=tolerances)
+            quality = runtime_quality(res, task, batch_sizes[-1])["test"] if res.status == "ok" else {}
+            if res.status == "ok":
+                fp.update(runtime_footprint(res, task, batch_sizes[0]))
+    finally:
+        for m, training in modes:
+            m.training = training
     return {
         "runtime": runtime,
         "status": res.status,

@@ -116,6 +116,11 @@ def select(model: nn.Module, cfg: LowRankConfig, types: tuple[type, ...], techni
             skipped[name] = reason
             continue
         chosen.append((name, m))
+    bad = [n for n, m in chosen if not all(bool(torch.isfinite(p).all()) for p in m.parameters(recurse=False))]
+    if bad:
+        raise ConfigError(f"{technique}: NaN/Inf in the weights of module(s) {', '.join(map(repr, bad))}: they have "
+                          "no low-rank factorization. Fix the checkpoint (retrain, or lower the learning rate), or "
+                          "leave those layers out with exclude=[...]")
     return chosen, skipped
 
 

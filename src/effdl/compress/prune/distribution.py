@@ -45,9 +45,11 @@ def prunable_layers(model: nn.Module, exclude=(), protect_first_last: bool = Fal
         layers = layers[1:-1]
     if not layers:
         raise ConfigError("the model has no Conv/Linear layer left to prune (check 'exclude' and 'protect_first_last')")
-    for name, m in layers:
-        if not torch.isfinite(m.weight).all():
-            raise ConfigError(f"layer {name!r} has NaN/Inf weights: fix the model before pruning")
+    bad = [name for name, m in layers if not bool(torch.isfinite(m.weight).all())]
+    if bad:
+        raise ConfigError(f"{'layer' if len(bad) == 1 else 'layers'} {', '.join(map(repr, bad))} "
+                          f"{'has' if len(bad) == 1 else 'have'} NaN/Inf weights, which have no magnitude to rank: "
+                          "fix the model before pruning (retrain, or lower the learning rate)")
     return layers
 
 

@@ -150,8 +150,11 @@ def prune_channels_once(model: nn.Module, ratio: float, cfg: ChannelPruneConfig,
     surgery.check_traced(model, dg, protected)
     groups = surgery.prunable_groups(model, dg, protected)
     if not groups:
-        raise ConfigError("no prunable channel group is left once protected layers are excluded: "
-                          "protect fewer modules")
+        fixes = (["set protect_first=False (it protects the first conv and every layer tied to its channels)"]
+                 if cfg.protect_first else []) + (["protect fewer modules"] if cfg.protect else [])
+        raise ConfigError("no prunable channel group is left once protected layers are excluded (protected: "
+                          f"{', '.join(repr(n) for n in sorted(protected))}; the classifier is always kept): "
+                          f"{' or '.join(fixes) or 'the model has no other channels to prune'}")
     if ratio <= 0:
         return model
     layers = [m for m in model.modules() if isinstance(m, surgery.WEIGHTED)]
@@ -193,9 +196,11 @@ def check_forward(model: nn.Module, example: torch.Tensor, expected: torch.Size)
 def prune_channels(model: nn.Module, cfg: ChannelPruneConfig, task) -> nn.Module:
     """Structured channel/neuron pruning with physical surgery (Torch-Pruning dependency graph)."""
     refuse_quantized(model, "prune.channels")
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ConfigError(f"parameter {name!r} has NaN/Inf values: fix the model before pruning")
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ConfigError(f"{'parameter' if len(bad) == 1 else 'parameters'} {', '.join(map(repr, bad))} "
+                          f"{'has' if len(bad) == 1 else 'have'} NaN/Inf values: fix the model before pruning "
+                          "(retrain, or lower the learning rate)")
     example = _example(model, cfg, task)
     model.eval()
     with torch.no_grad():

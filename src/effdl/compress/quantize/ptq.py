@@ -238,6 +238,9 @@ def _check_finite(model: nn.Module) -> None:
 
 def _check_calibration(model: nn.Module, calibration: list[torch.Tensor], task) -> None:
     """Finite batches of the task's input shape that the model accepts, or a DataError saying which."""
+    if not calibration:
+        raise DataError("quantize.ptq: the task's calibration_batches gave no batch: give it real inputs from the "
+                        "train split (at least one sample)")
     expected = tuple(task.example_input(1).shape[1:]) if task is not None else ()
     fixed = [d for d in range(1, len(expected) + 1) if task is not None and d not in task.dynamic_axes]
     for i, x in enumerate(calibration):
@@ -246,6 +249,9 @@ def _check_calibration(model: nn.Module, calibration: list[torch.Tensor], task) 
                 f"quantize.ptq: calibration batch {i} has samples of shape {tuple(x.shape[1:])}, expected "
                 f"{expected} (the task's input shape): make the calibration data match the model's inputs"
             )
+        if x.shape[0] == 0:
+            raise DataError(f"quantize.ptq: calibration batch {i} is empty (0 samples): give calibration_batches "
+                            "batches of at least one real input")
         if not bool(torch.isfinite(x).all()):
             raise DataError(f"quantize.ptq: calibration batch {i} contains NaN/Inf: clean the train split")
     try:

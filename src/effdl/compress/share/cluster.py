@@ -220,8 +220,11 @@ def _selected(model: nn.Module, cfg: ClusterConfig) -> list[tuple[str, nn.Module
             raise UnsupportedModuleError(
                 f"layer {name!r} ({type(m).__name__}) has {m.weight.dtype} weights; share.cluster needs float32: call model.float()"
             )
-        if not torch.isfinite(m.weight).all():
-            raise ConfigError(f"layer {name!r} has NaN/Inf weights: fix the model before clustering")
+    bad = [name for name, m in layers if not bool(torch.isfinite(m.weight).all())]
+    if bad:
+        raise ConfigError(f"{'layer' if len(bad) == 1 else 'layers'} {', '.join(map(repr, bad))} "
+                          f"{'has' if len(bad) == 1 else 'have'} NaN/Inf weights, which no k-means centroid can "
+                          "represent: fix the model before clustering (retrain, or lower the learning rate)")
     return layers
 
 
