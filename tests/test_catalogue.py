@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -800,10 +801,13 @@ def test_catalogue_20_sigkill_during_save(tmp_path):
     before = sha256_file(path)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True,
                             env=ENV)
+    guard = threading.Timer(120, proc.kill)  # never hang the suite if the child dies or stalls before "half"
+    guard.start()
     try:
         line = proc.stdout.readline()  # the temporary file is half-written now
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        guard.cancel()
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=60)
