@@ -158,7 +158,15 @@ def load_weights(path: str | os.PathLike, *, allow_pickle: bool = False, warn_un
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ArtifactError(f"cannot read {str(path)!r} as a weights-only checkpoint: {exc}") from None
+            # torch's own message is boilerplate ending in the unpickler's reason; keep the reason only
+            # (not its advice to retry with weights_only=False, which would run whatever the file holds)
+            text = str(exc).split("WeightsUnpickler error:", 1)[-1].strip()
+            why = type(exc).__name__ + (f": {text.splitlines()[0].strip()[:200]}" if text else "")
+            raise ArtifactError(
+                f"cannot read {str(path)!r} as a weights-only checkpoint ({why}): it is truncated or holds objects "
+                "other than tensors, which effdl never unpickles. Fix: save a plain state dict of tensors "
+                "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and load that"
+            ) from None
         if isinstance(obj, dict) and "state_dict" in obj:
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
