@@ -140,7 +140,7 @@ def run(mode: dict, log) -> dict:
         tmp = Path(tmp)
         for task in mode.get("tasks", list(TASKS)):
             out["samplers"][task] = []
-            for arm in SAMPLERS:
+            for arm in mode.get("arms", SAMPLERS):
                 spec = {"task": task, "arm": arm, "trials": mode["trials"][task], "repeats": mode["repeats"],
                         "seed": mode["seed"], "target": mode["target"], "out": str(tmp / f"{task}-{arm}")}
                 row = _fresh(spec, tmp)
@@ -183,13 +183,14 @@ def render(results: dict, meta: dict) -> str:
         lines += [f"## {model} on {data}{f' (eval limit {limit})' if limit else ''}: samplers at "
                   f"{mode['trials'][task]} trials, target {mode.get('target', 'latency')}", "",
                   f"Baseline: {rows[0]['metric']} {rows[0]['baseline_val']:.4f} (validation), "
-                  f"{rows[0]['baseline']:.4g} {unit} ({'p50 at batch 1, ' if unit == 'ms' else ''}grid arm's "
+                  f"{rows[0]['baseline']:.4g} {unit} ({'p50 at batch 1, ' if unit == 'ms' else ''}{rows[0]['arm']} arm's "
                   "measurement).", ""]
         lines += _table(rows, unit)
-        grid = next(r for r in rows if r["arm"] == "grid")
-        better = [r["arm"] for r in rows if r["arm"] != "grid" and r["hypervolume"] > grid["hypervolume"]]
-        lines += ["", f"Hypervolume above the grid's at equal trials: {', '.join(better) or 'none'}.", "",
-                  "Hypervolume after each complete trial:", ""]
+        grid = next((r for r in rows if r["arm"] == "grid"), None)
+        if grid is not None:
+            better = [r["arm"] for r in rows if r["arm"] != "grid" and r["hypervolume"] > grid["hypervolume"]]
+            lines += ["", f"Hypervolume above the grid's at equal trials: {', '.join(better) or 'none'}."]
+        lines += ["", "Hypervolume after each complete trial:", ""]
         for r in rows:
             lines.append(f"- {r['arm']}: {', '.join(f'{v:.3f}' for v in r['hypervolume_history'])}")
         lines.append("")
@@ -215,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--target", default="latency", choices=("latency", "size"), help="the samplers' footprint")
         ap.add_argument("--no-policy", action="store_true", help="skip part 2 (policy search)")
         ap.add_argument("--trials", type=int, help="trials per study for every task (default: the mode's)")
+        ap.add_argument("--arms", default=",".join(SAMPLERS), help="comma-separated samplers to run (default: all)")
 
     def adjust(mode, args):
         mode["tasks"] = args.tasks.split(",")
         mode["target"] = args.target
         mode["policy"] = not args.no_policy
+        mode["arms"] = args.arms.split(",")
         if args.trials:
             mode["trials"] = {t: args.trials for t in mode["trials"]}
 
