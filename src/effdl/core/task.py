@@ -352,7 +352,7 @@ def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.
 
 
 def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], None]) -> None:
-    """Run ``model`` on two real inputs; any failure is the user's model/data mismatch (ModelError).
+    """Run ``model`` on two real inputs, then on one; any failure is the user's model/data mismatch (ModelError).
     A model holding float16/bfloat16/float64 tensors is refused first, by name: its forward would
     fail on (or silently upcast) the float32 inputs, and a dtype error is not a shape problem."""
     other = [(n, t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]
@@ -374,3 +374,15 @@ def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], 
             "Fix: build the model for this input or pick matching --data."
         ) from None
     check(out)
+    # the batch axis is dynamic everywhere (batch-1 latency, exports): refuse a hard-coded batch size now
+    try:
+        one = next(eval_mode_outputs(model, [x[:1]]))
+        failure = None if one.shape[:1] == (1,) else f"it returns shape {tuple(one.shape)} for one sample"
+    except Exception as exc:  # the user's model again
+        failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if failure is not None:
+        raise ModelError(
+            f"the model runs on a batch of 2 but not on a batch of 1 ({failure}): a hard-coded batch size? effdl "
+            "runs every batch size from 1 up. Fix: make forward work for any batch size (e.g. x.flatten(1), not "
+            "x.reshape(2, -1))."
+        )
