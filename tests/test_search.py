@@ -108,20 +108,25 @@ def test_grid_sampler_draws_the_strategys_candidates(digits_task, tmp_path):
         assert c.recipe == json.loads(json.dumps(grid[c.label]))
 
 
-def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(digits_task, tmp_path, monkeypatch):
+def _broken_ptq(monkeypatch, error: Exception) -> SearchSpace:
+    """quantize.ptq replaced by a function raising ``error``; a space where a trial may pick it."""
     from effdl.core import registry
 
     real = registry._BY_NAME["quantize.ptq"]
 
-    def out_of_memory(model, config, task=None, **kw):
-        raise MemoryError("simulated: the allocator gave up")
+    def broken(model, config, task=None, **kw):
+        raise error
 
-    broken = registry.Technique(real.name, real.config, out_of_memory, real.needs, real.summary, real.tasks,
-                                real.models, real.example, real.takes_quantized)
-    monkeypatch.setitem(registry._BY_NAME, "quantize.ptq", broken)
-    monkeypatch.setitem(registry._BY_TYPE, real.config, broken)
-    space = SearchSpace.from_list([{"name": "quantize", "optional": True, "technique": "quantize.ptq"},
-                                   {"name": "prune", "technique": "prune.magnitude", "sparsity": {"range": [0.2, 0.5]}}])
+    tech = registry.Technique(real.name, real.config, broken, real.needs, real.summary, real.tasks,
+                              real.models, real.example, real.takes_quantized)
+    monkeypatch.setitem(registry._BY_NAME, "quantize.ptq", tech)
+    monkeypatch.setitem(registry._BY_TYPE, real.config, tech)
+    return SearchSpace.from_list([{"name": "quantize", "optional": True, "technique": "quantize.ptq"},
+                                  {"name": "prune", "technique": "prune.magnitude", "sparsity": {"range": [0.2, 0.5]}}])
+
+
+def test_a_trial_that_raises_is_recorded_and_the_study_goes_on(digits_task, tmp_path, monkeypatch):
+    space = _broken_ptq(monkeypatch, MemoryError("simulated: the allocator gave up"))
     res = effdl.optimize(digits_task, Goal(max_drop=0.05), out_dir=tmp_path, measure=FAST,
                          search=SearchSettings(sampler="random", trials=6, space=space, pruner="none", seed=3))
     failed = [c for c in res.candidates if not c.ok]
@@ -200,19 +205,8 @@ def test_a_failed_candidate_is_told_to_the_sampler_as_infeasible(digits_task, tm
     """Samplers ignore FAIL trials and would keep proposing a recipe that cannot work: effdl tells them
     a complete trial with no gain and the largest constraint violation, and still counts it as failed."""
     from effdl.automate.search import FAILED_VIOLATION
-    from effdl.core import registry
 
-    real = registry._BY_NAME["quantize.ptq"]
-
-    def broken(model, config, task=None, **kw):
-        raise RuntimeError("simulated: no kernel for this layer")
-
-    tech = registry.Technique(real.name, real.config, broken, real.needs, real.summary, real.tasks,
-                              real.models, real.example, real.takes_quantized)
-    monkeypatch.setitem(registry._BY_NAME, "quantize.ptq", tech)
-    monkeypatch.setitem(registry._BY_TYPE, real.config, tech)
-    space = SearchSpace.from_list([{"name": "quantize", "optional": True, "technique": "quantize.ptq"},
-                                   {"name": "prune", "technique": "prune.magnitude", "sparsity": {"range": [0.2, 0.5]}}])
+    space = _broken_ptq(monkeypatch, RuntimeError("simulated: no kernel for this layer"))
     res = effdl.optimize(digits_task, Goal(max_drop=0.05, target="size"), out_dir=tmp_path, measure=FAST,
                          search=SearchSettings(sampler="tpe", trials=6, space=space, pruner="none", seed=3))
     study = optuna.load_study(study_name="effdl-search", storage=f"sqlite:///{tmp_path / 'study.db'}")
