@@ -8,6 +8,7 @@ grid. The one exception is training a model whose stored form stays exact under 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .compressed import CompressedModel
@@ -31,3 +32,10 @@ def refuse_quantized(model: nn.Module, technique: str) -> None:
     raise ConfigError(
         f"{technique} must come before quantization in a recipe: the model is already quantized "
         f"({type(model).__name__}); apply {technique} to the float model, then quantize")
+
+
+def nonfinite_modules(model: nn.Module) -> list[str]:
+    """Names of the modules whose own parameters or buffers hold NaN/Inf (sorted; '(root)' for the model's own)."""
+    return sorted({name.rpartition(".")[0] or "(root)"
+                   for name, t in [*model.named_parameters(), *model.named_buffers()]
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())})

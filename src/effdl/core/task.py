@@ -22,6 +22,7 @@ declare them at registration (``core.registry.register(..., tasks=...)``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -334,21 +335,28 @@ class LabelledTask(Task):
                              f"classes: expected logits of shape (batch, {self.num_classes}); {self.output_fix}")
 
 
+@contextlib.contextmanager
+def kept_modes(model: nn.Module | None) -> Iterator[None]:
+    """Every submodule's own train/eval flag is put back on exit (a caller may keep some in eval
+    inside a train-mode model, so the root's flag alone is not enough)."""
+    modes = [(m, m.training) for m in model.modules()] if model is not None else []
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def eval_mode_outputs(predictor: Predictor | nn.Module, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     """``predictor`` on each input batch as float32 outputs, one batch at a time; a module runs in
     eval mode, restored when the iteration ends."""
     module = predictor if isinstance(predictor, nn.Module) else None
-    # every submodule's own flag (a caller may keep some in eval inside a train-mode model)
-    modes = [(m, m.training) for m in module.modules()] if module is not None else []
-    if module is not None:
-        module.eval()
-    try:
+    with kept_modes(module):
+        if module is not None:
+            module.eval()
         for x in batches:
             with torch.no_grad():
                 yield as_output(predictor(x))
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def check_forward(task: Task, model: nn.Module, check: Callable[[torch.Tensor], None]) -> None:

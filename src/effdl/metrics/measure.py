@@ -17,6 +17,8 @@ import torch.nn as nn
 
 from ..core.compressed import float_reference, runtime_kind
 from ..core.errors import EffdlError
+from ..core.forms import nonfinite_modules
+from ..core.task import kept_modes
 from ..deploy.storage import model_tensors, save_compact, unique_tensors
 from .energy import estimate_energy
 from .flops import count_macs
@@ -113,13 +115,6 @@ def fixed_batch(predict: Callable, batch_size: int) -> Callable:
         return torch.cat(outs)
 
     return run
-
-
-def nonfinite_modules(model: nn.Module) -> list[str]:
-    """Names of the modules whose parameters or buffers hold NaN/Inf (sorted; '(root)' for the model's own)."""
-    return sorted({name.rpartition(".")[0] or "(root)"
-                   for name, t in [*model.named_parameters(), *model.named_buffers()]
-                   if t.is_floating_point() and not bool(torch.isfinite(t).all())})
 
 
 def measure_runtime(
@@ -223,19 +218,14 @@ def measure(
 
     model = task.model if model is None else model
     # measured in eval mode (lowerings switch the model to it); the caller's train/eval flags come back after
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        with tempfile.TemporaryDirectory(prefix="effdl-measure-") as tmp:
-            wd = Path(workdir) if workdir is not None else Path(tmp)
-            fp = static_footprint(model, task, wd / "model.safetensors")
-            res = measure_runtime(model, runtime, task, workdir=wd / runtime, batch_sizes=batch_sizes,
-                                  threads=threads, tolerances=tolerances)
-            quality = runtime_quality(res, task, batch_sizes[-1])["test"] if res.status == "ok" else {}
-            if res.status == "ok":
-                fp.update(runtime_footprint(res, task, batch_sizes[0]))
-    finally:
-        for m, training in modes:
-            m.training = training
+    with kept_modes(model), tempfile.TemporaryDirectory(prefix="effdl-measure-") as tmp:
+        wd = Path(workdir) if workdir is not None else Path(tmp)
+        fp = static_footprint(model, task, wd / "model.safetensors")
+        res = measure_runtime(model, runtime, task, workdir=wd / runtime, batch_sizes=batch_sizes,
+                              threads=threads, tolerances=tolerances)
+        quality = runtime_quality(res, task, batch_sizes[-1])["test"] if res.status == "ok" else {}
+        if res.status == "ok":
+            fp.update(runtime_footprint(res, task, batch_sizes[0]))
     return {
         "runtime": runtime,
         "status": res.status,

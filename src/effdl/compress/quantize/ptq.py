@@ -34,7 +34,7 @@ import torch.nn as nn
 from ...core.compressed import Int8Model, Int8Spec
 from ...core.config import TechniqueConfig
 from ...core.errors import ConfigError, DataError, UnsupportedModuleError
-from ...core.forms import refuse_quantized
+from ...core.forms import nonfinite_modules, refuse_quantized
 from ...core.records import Part, Record, attach
 from ...core.registry import register
 from ...core.scope import match_scopes
@@ -226,9 +226,7 @@ def _under(name: str, prefixes) -> bool:
 
 # -- validation --------------------------------------------------------------------------------
 def _check_finite(model: nn.Module) -> None:
-    bad = sorted({name.rpartition(".")[0] or "(root)"
-                  for name, t in list(model.named_parameters()) + list(model.named_buffers())
-                  if t.is_floating_point() and not bool(torch.isfinite(t).all())})
+    bad = nonfinite_modules(model)
     if bad:
         raise ConfigError(
             f"quantize.ptq: NaN/Inf in the weights of module(s) {', '.join(map(repr, bad))}; "
